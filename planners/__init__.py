@@ -1,0 +1,1 @@
+"""nnU-Net experiment planners for the SAM 3D adapter (installed as ``sam3d_nnunet.planners``)."""

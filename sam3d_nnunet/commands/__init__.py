@@ -1,0 +1,1 @@
+"""One module per ``sam3d-nnunet`` sub-command."""

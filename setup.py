@@ -1,0 +1,42 @@
+"""sam3d_nnunet: the 3DSAM-adapter promptable 3D segmenter inside nnU-Net v2.
+
+`planners/` and `trainers/` live at the top level of the repository (the design card's layout) but
+install as `sam3d_nnunet.planners` and `sam3d_nnunet.trainers`, so nothing generic lands in
+site-packages.
+"""
+from setuptools import setup
+
+setup(
+    name="sam3d_nnunet",
+    version="0.1.0",
+    description="Segment Anything's ViT adapted to 3D with spatial adapters, trained and evaluated inside nnU-Net v2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[
+        "sam3d_nnunet",
+        "sam3d_nnunet.model",
+        "sam3d_nnunet.commands",
+        "sam3d_nnunet.planners",
+        "sam3d_nnunet.trainers",
+    ],
+    package_dir={
+        "sam3d_nnunet": "sam3d_nnunet",
+        "sam3d_nnunet.planners": "planners",
+        "sam3d_nnunet.trainers": "trainers",
+    },
+    install_requires=[
+        "torch>=2.1",
+        "nnunetv2==2.8.1",
+        "segment-anything>=1.0",
+        "SimpleITK>=2.2",
+        "batchgenerators>=0.25",
+        "acvl-utils>=0.2",
+        "connected-components-3d>=3.12",
+        "surface-distance>=0.1",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "nibabel>=5.0",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["sam3d-nnunet=sam3d_nnunet.cli:main"]},
+)
