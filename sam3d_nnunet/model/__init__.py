@@ -1,0 +1,13 @@
+"""The SAM 3D adapter network, in plain PyTorch (no nnU-Net import)."""
+from .finetune import FINETUNE_POLICIES, apply_finetune_policy
+from .sam3d_net import ImageFeatures, SAM3DNet
+from .sam_checkpoint import (DROPPED_PREFIXES, ConversionReport, SAMCheckpointError, load_sam_checkpoint,
+                             read_sam_state_dict, write_random_sam_checkpoint)
+from .summary import parameter_summary
+from .variants import SAM_VARIANTS, SAMVariant, get_variant, token_grid
+
+__all__ = [
+    "SAM3DNet", "ImageFeatures", "FINETUNE_POLICIES", "apply_finetune_policy", "DROPPED_PREFIXES",
+    "ConversionReport", "SAMCheckpointError", "load_sam_checkpoint", "read_sam_state_dict",
+    "write_random_sam_checkpoint", "parameter_summary", "SAM_VARIANTS", "SAMVariant", "get_variant", "token_grid",
+]

@@ -1,0 +1,110 @@
+"""SAM3DNet: the whole promptable network, built the way nnU-Net builds networks from plans.
+
+``SAM3DNet(input_channels, num_classes, deep_supervision, **arch_kwargs)`` is the signature nnU-Net's
+``get_network_from_plans`` calls; ``arch_kwargs`` are plain JSON values. The encoder runs once per
+crop (``encode``); every new set of clicks only runs the prompt encoder and decoder (``decode``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from .channel_mixer import InputChannelMixer
+from .finetune import apply_finetune_policy, check_policy
+from .image_encoder import ImageEncoder3D
+from .mask_decoder import MultiLevelDecoder3D
+from .prompt_encoder import PAD_LABEL, ClickPromptEncoder
+from .variants import get_variant
+
+
+class ImageFeatures(NamedTuple):
+    """What ``encode`` caches for a crop: the four neck maps and the (raw) image for the decoder's skip."""
+
+    levels: list[torch.Tensor]
+    image: torch.Tensor
+
+
+class SAM3DNet(nn.Module):
+    """Promptable 3D segmenter: SAM ViT encoder with spatial adapters, click-prompt encoder, MLA decoder.
+
+    ``num_classes`` counts background, as nnU-Net does; a prompt asks for one foreground class
+    (1 .. num_classes - 1) and the output is two logits: [not that class, that class].
+    ``deep_supervision`` is accepted for nnU-Net's signature and ignored (there is one output scale).
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
+                 variant: str = "vit_b", patch_size: Sequence[int] = (128, 128, 128), token_stride: int = 4,
+                 window_size: int = 8, adapter_dim: int | None = None, neck_dim: int | None = None,
+                 finetune: str = "adapter", lora_rank: int = 8, num_global_queries: int = 10,
+                 patch_embed_mode: str = "fused", gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
+        self.variant = get_variant(variant)
+        self.finetune = check_policy(finetune)
+        self.num_classes = num_classes
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.deep_supervision = False
+        adapter = None if finetune == "lora" else (adapter_dim or self.variant.default_adapter_dim)
+        neck_dim = neck_dim or self.variant.default_neck_dim
+        self.input_mixer = InputChannelMixer(input_channels)
+        self.image_encoder = ImageEncoder3D(
+            self.variant, self.patch_size, token_stride=token_stride, window_size=window_size,
+            adapter_dim=adapter, neck_dim=neck_dim, lora_rank=lora_rank if finetune == "lora" else 0,
+            patch_embed_mode=patch_embed_mode, gradient_checkpointing=gradient_checkpointing)
+        self.prompt_encoder = ClickPromptEncoder(neck_dim, num_classes - 1, num_global_queries=num_global_queries,
+                                                 num_heads=max(1, neck_dim // 32), mlp_dim=8 * neck_dim)
+        self.mask_decoder = MultiLevelDecoder3D(neck_dim, image_channels=input_channels, level_dim=neck_dim // 2,
+                                                head_dim=neck_dim // 4)
+        apply_finetune_policy(self, self.finetune)
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        return self.image_encoder.grid
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    def encode(self, image: torch.Tensor) -> ImageFeatures:
+        """image [B, C, *patch_size] -> cached features (the expensive part)."""
+        return ImageFeatures(self.image_encoder(self.input_mixer(image)), image)
+
+    def decode(self, features: ImageFeatures, clicks: torch.Tensor | None = None,
+               click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int = 1) -> torch.Tensor:
+        """Logits [B, 2, *patch_size] for the wanted class given clicks [B, N, 3] (voxel coordinates
+        in the crop, array order) with labels [B, N] (1 positive, 0 negative, -1 padding)."""
+        levels = features.levels
+        b = levels[0].shape[0]
+        device = levels[0].device
+        if clicks is None:
+            clicks = torch.zeros(b, 0, 3, device=device)
+            click_labels = torch.zeros(b, 0, dtype=torch.long, device=device)
+        elif click_labels is None:
+            raise ValueError("clicks given without click_labels")
+        if clicks.shape[:2] != click_labels.shape or clicks.shape[0] != b or clicks.shape[-1] != 3:
+            raise ValueError(f"clicks {tuple(clicks.shape)} and click_labels {tuple(click_labels.shape)} must be "
+                             f"[B, N, 3] and [B, N] with B = {b}")
+        target_class = torch.as_tensor(target_class, dtype=torch.long, device=device).expand(b)
+        deepest = self.prompt_encoder(levels[-1], clicks.to(levels[-1].dtype), click_labels.long(), target_class,
+                                      self.patch_size)
+        return self.mask_decoder([*levels[:-1], deepest], features.image)
+
+    def forward(self, image: torch.Tensor, clicks: torch.Tensor | None = None,
+                click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int | None = None) -> torch.Tensor:
+        """With ``target_class``: logits [B, 2, *patch] for that class. Without it (nnU-Net's own
+        predictor calls ``network(image)``): automatic mode for every class, returned as nnU-Net-style
+        multi-class logits [B, num_classes, *patch] where channel k is class k's margin over its
+        background and channel 0 is 0, so argmax picks the most confident class or background."""
+        features = self.encode(image)
+        if target_class is not None:
+            return self.decode(features, clicks, click_labels, target_class)
+        margins = []
+        for k in range(1, self.num_classes):
+            logits = self.decode(features, clicks, click_labels, k)
+            margins.append(logits[:, 1] - logits[:, 0])
+        return torch.stack([torch.zeros_like(margins[0]), *margins], dim=1)
+
+
+__all__ = ["SAM3DNet", "ImageFeatures", "PAD_LABEL"]
