@@ -16,6 +16,7 @@ setup(
         "sam3d_nnunet",
         "sam3d_nnunet.model",
         "sam3d_nnunet.commands",
+        "sam3d_nnunet.evaluation",
         "sam3d_nnunet.prompts",
         "sam3d_nnunet.planners",
         "sam3d_nnunet.trainers",

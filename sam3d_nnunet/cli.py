@@ -13,6 +13,7 @@ import sys
 # sub-command name -> module providing `add_parser(subparsers)`
 SUBCOMMANDS: dict[str, str] = {
     "model-summary": "sam3d_nnunet.commands.model_summary",
+    "evaluate": "sam3d_nnunet.commands.evaluate",
 }
 
 
