@@ -175,3 +175,26 @@ def test_more_input_channels_than_sam_start_as_the_channel_mean():
     for a, b in zip(levels_four, levels_one):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert "input_mixer.weight" in four.trainable_parameter_names()
+
+
+def test_folded_relative_positions_equal_sams_explicit_bias():
+    """Attention with the bias folded into q and k equals SAM's explicit decomposed bias, shifted mask included."""
+    from sam3d_nnunet.model.attention import (WindowAttention3D, decomposed_rel_pos_bias, shifted_window_mask,
+                                              window_partition)
+
+    torch.manual_seed(0)
+    attn = WindowAttention3D(dim=16, num_heads=2, window_size=4, sam_rel_pos_size=27).double()
+    with torch.no_grad():
+        for table in (attn.rel_pos_h, attn.rel_pos_w, attn.rel_pos_d):
+            table.normal_()
+    tokens = torch.randn(2, 8, 8, 8, 16, dtype=torch.float64)
+    windows = window_partition(tokens, 4)
+    mask = shifted_window_mask((8, 8, 8), 4, 2, windows.device)
+    bw, n = windows.shape[0], 64
+    qkv = attn.qkv(windows).reshape(bw, n, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    bias = decomposed_rel_pos_bias(q, attn.rel_pos_d, attn.rel_pos_h, attn.rel_pos_w, (4, 4, 4))
+    bias = bias.view(2, 8, 2, n, n).masked_fill(~mask[None, :, None], float("-inf")).view(bw, 2, n, n)
+    logits = (q * 8 ** -0.5) @ k.transpose(-1, -2) + bias
+    reference = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(bw, 4, 4, 4, 16))
+    torch.testing.assert_close(attn(windows, mask), reference, rtol=1e-10, atol=1e-10)

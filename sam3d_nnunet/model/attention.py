@@ -24,8 +24,8 @@ def window_unpartition(windows: torch.Tensor, window: int, grid: tuple[int, int,
 
 
 def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Additive mask [nW, N, N] that stops tokens rolled across the volume's edge from attending to
-    each other (Swin's trick, in 3D)."""
+    """Boolean mask [nW, N, N] (True = may attend) that stops tokens rolled across the volume's edge
+    from attending to each other (Swin's trick, in 3D)."""
     region = torch.zeros(1, *grid, 1, device=device)
     bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -35,8 +35,7 @@ def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int, dev
                 region[:, sd, sh, sw, :] = label
                 label += 1
     ids = window_partition(region, window).flatten(1)  # [nW, N]
-    different = ids[:, :, None] != ids[:, None, :]
-    return torch.zeros(different.shape, device=device).masked_fill(different, float("-inf"))
+    return ids[:, :, None] == ids[:, None, :]
 
 
 def decomposed_rel_pos_bias(q: torch.Tensor, rel_d: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
@@ -83,18 +82,51 @@ class WindowAttention3D(nn.Module):
         self.rel_pos_d.copy_((_resize_table(self.rel_pos_h, n) + _resize_table(self.rel_pos_w, n)) / 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B*nW, w, w, w, C]; mask [nW, N, N] additive or None."""
+        """x [B*nW, w, w, w, C]; mask [nW, N, N] boolean (True = may attend) or None.
+
+        The relative-position bias is folded into the attention product instead of being built as
+        an N x N tensor: bias[i, j] = rel_d[i, d(j)] + rel_h[i, h(j)] + rel_w[i, w(j)] is the dot
+        product of [rel_d_i, rel_h_i, rel_w_i] with the one-hot positions of key j, so appending those
+        to q and k gives SAM's logits exactly and lets ``scaled_dot_product_attention`` use its fused
+        kernels (``decomposed_rel_pos_bias`` is the explicit reference).
+        """
         bw, d, h, w, c = x.shape
         n = d * h * w
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = decomposed_rel_pos_bias(q, self.rel_pos_d, self.rel_pos_h, self.rel_pos_w, (d, h, w))
-        if mask is not None:
-            n_windows = mask.shape[0]
-            bias = (bias.view(-1, n_windows, self.num_heads, n, n) + mask[None, :, None]).view(bw, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        out = out.transpose(1, 2).reshape(bw, d, h, w, c)
-        return self.proj(out)
+        q_pos = relative_position_queries(q, self.rel_pos_d, self.rel_pos_h, self.rel_pos_w, (d, h, w))
+        k_pos = key_position_one_hot((d, h, w), q.dtype, q.device).expand(bw, self.num_heads, n, -1)
+        extra = q_pos.shape[-1]
+        pad = (-(self.head_dim + extra)) % 8  # fused kernels like head sizes in multiples of 8
+        q = torch.cat([q * self.head_dim ** -0.5, q_pos, q.new_zeros(*q.shape[:-1], pad)], dim=-1)
+        k = torch.cat([k, k_pos, k.new_zeros(*k.shape[:-1], pad)], dim=-1)
+        v = F.pad(v, (0, extra + pad))
+        if mask is not None:  # every image has the same windows; 4D inputs keep SDPA on its fused CPU kernel
+            mask = mask[:, None].repeat(bw // mask.shape[0], 1, 1, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        out = out.reshape(bw, self.num_heads, n, -1)[..., : self.head_dim]
+        return self.proj(out.transpose(1, 2).reshape(bw, d, h, w, c))
+
+
+def relative_position_queries(q: torch.Tensor, rel_d: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
+                              window: tuple[int, int, int]) -> torch.Tensor:
+    """Per query, its bias against every key depth, row and column: [B, heads, N, d + h + w]."""
+    d, h, w = window
+    b, heads, n, hd = q.shape
+    r_q = q.reshape(b, heads, d, h, w, hd)
+    parts = [torch.einsum("bndhwc,dkc->bndhwk", r_q, get_rel_pos(d, d, rel_d).to(q.dtype)),
+             torch.einsum("bndhwc,hkc->bndhwk", r_q, get_rel_pos(h, h, rel_h).to(q.dtype)),
+             torch.einsum("bndhwc,wkc->bndhwk", r_q, get_rel_pos(w, w, rel_w).to(q.dtype))]
+    return torch.cat([p.reshape(b, heads, n, -1) for p in parts], dim=-1)
+
+
+def key_position_one_hot(window: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[N, d + h + w]: which depth, row and column each key of a window sits in."""
+    d, h, w = window
+    dd, hh, ww = torch.meshgrid(torch.arange(d, device=device), torch.arange(h, device=device),
+                                torch.arange(w, device=device), indexing="ij")
+    return torch.cat([F.one_hot(dd.flatten(), d), F.one_hot(hh.flatten(), h), F.one_hot(ww.flatten(), w)],
+                     dim=-1).to(dtype)
 
 
 def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
