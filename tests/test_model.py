@@ -166,7 +166,7 @@ def test_more_input_channels_than_sam_start_as_the_channel_mean():
     torch.manual_seed(0)
     four = SAM3DNet(4, 2, patch_size=(8, 16, 8), **TINY)
     one = SAM3DNet(1, 2, patch_size=(8, 16, 8), **TINY)
-    state = {k: v for k, v in four.state_dict().items() if not k.startswith(("input_mixer", "mask_decoder.head.0"))}
+    state = {k: v for k, v in four.state_dict().items() if not k.startswith(("input_mixer", "mask_decoder.image_head"))}
     one.load_state_dict(state, strict=False)
     image = torch.randn(1, 4, 8, 16, 8)
     with torch.no_grad():

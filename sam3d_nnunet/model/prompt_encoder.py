@@ -49,7 +49,8 @@ class FourierPositionEncoding3D(nn.Module):
     def __init__(self, dim: int, scale: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.register_buffer("frequencies", scale * torch.randn(3, dim // 2, generator=generator, device="cpu"))
+        frequencies = scale * torch.randn(3, dim // 2, generator=generator, device="cpu")
+        self.register_buffer("frequencies", frequencies.to(torch.empty(0).device))  # honours `with torch.device(...)`
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """coords [..., 3] in [-1, 1] -> [..., dim]."""
@@ -102,7 +103,8 @@ class ClickPromptEncoder(nn.Module):
     def forward(self, feature_map: torch.Tensor, clicks: torch.Tensor, click_labels: torch.Tensor,
                 target_class: torch.Tensor, crop_size: tuple[int, int, int]) -> torch.Tensor:
         b, c, *grid = feature_map.shape
-        if int(target_class.min()) < 1 or int(target_class.max()) > self.num_foreground_classes:
+        if not target_class.is_meta and (int(target_class.min()) < 1
+                                         or int(target_class.max()) > self.num_foreground_classes):
             raise ValueError(f"target_class must lie in 1..{self.num_foreground_classes}, got {target_class.tolist()}")
         valid = click_labels != PAD_LABEL
         points = sample_features_at_clicks(feature_map, clicks, crop_size)

@@ -20,10 +20,10 @@ from .variants import get_variant
 
 
 class ImageFeatures(NamedTuple):
-    """What ``encode`` caches for a crop: the four neck maps and the (raw) image for the decoder's skip."""
+    """What ``encode`` caches for a crop: the four neck maps and the decoder's prompt-independent logits."""
 
     levels: list[torch.Tensor]
-    image: torch.Tensor
+    prompt_independent: torch.Tensor
 
 
 class SAM3DNet(nn.Module):
@@ -56,8 +56,7 @@ class SAM3DNet(nn.Module):
             patch_embed_mode=patch_embed_mode, gradient_checkpointing=gradient_checkpointing)
         self.prompt_encoder = ClickPromptEncoder(neck_dim, num_classes - 1, num_global_queries=num_global_queries,
                                                  num_heads=max(1, neck_dim // 32), mlp_dim=8 * neck_dim)
-        self.mask_decoder = MultiLevelDecoder3D(neck_dim, image_channels=input_channels, level_dim=neck_dim // 2,
-                                                head_dim=neck_dim // 4)
+        self.mask_decoder = MultiLevelDecoder3D(neck_dim, image_channels=input_channels, level_dim=neck_dim // 2)
         apply_finetune_policy(self, self.finetune)
 
     @property
@@ -68,8 +67,9 @@ class SAM3DNet(nn.Module):
         return [name for name, p in self.named_parameters() if p.requires_grad]
 
     def encode(self, image: torch.Tensor) -> ImageFeatures:
-        """image [B, C, *patch_size] -> cached features (the expensive part)."""
-        return ImageFeatures(self.image_encoder(self.input_mixer(image)), image)
+        """image [B, C, *patch_size] -> cached features: everything that does not depend on the prompt."""
+        levels = self.image_encoder(self.input_mixer(image))
+        return ImageFeatures(levels, self.mask_decoder.prompt_independent(levels, image))
 
     def decode(self, features: ImageFeatures, clicks: torch.Tensor | None = None,
                click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int = 1) -> torch.Tensor:
@@ -89,7 +89,7 @@ class SAM3DNet(nn.Module):
         target_class = torch.as_tensor(target_class, dtype=torch.long, device=device).expand(b)
         deepest = self.prompt_encoder(levels[-1], clicks.to(levels[-1].dtype), click_labels.long(), target_class,
                                       self.patch_size)
-        return self.mask_decoder([*levels[:-1], deepest], features.image)
+        return self.mask_decoder(deepest, features.prompt_independent, self.patch_size)
 
     def forward(self, image: torch.Tensor, clicks: torch.Tensor | None = None,
                 click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int | None = None) -> torch.Tensor:
