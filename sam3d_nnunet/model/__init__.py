@@ -1,5 +1,6 @@
 """The SAM 3D adapter network, in plain PyTorch (no nnU-Net import)."""
 from .finetune import FINETUNE_POLICIES, apply_finetune_policy
+from .precision import autocast, bf16_is_fast, resolve_precision
 from .sam3d_net import ImageFeatures, SAM3DNet
 from .sam_checkpoint import (DROPPED_PREFIXES, ConversionReport, SAMCheckpointError, load_sam_checkpoint,
                              read_sam_state_dict, write_random_sam_checkpoint)
@@ -7,7 +8,8 @@ from .summary import parameter_summary
 from .variants import SAM_VARIANTS, SAMVariant, get_variant, token_grid
 
 __all__ = [
-    "SAM3DNet", "ImageFeatures", "FINETUNE_POLICIES", "apply_finetune_policy", "DROPPED_PREFIXES",
+    "SAM3DNet", "ImageFeatures", "FINETUNE_POLICIES", "apply_finetune_policy", "DROPPED_PREFIXES", "autocast",
+    "bf16_is_fast", "resolve_precision",
     "ConversionReport", "SAMCheckpointError", "load_sam_checkpoint", "read_sam_state_dict",
     "write_random_sam_checkpoint", "parameter_summary", "SAM_VARIANTS", "SAMVariant", "get_variant", "token_grid",
 ]
