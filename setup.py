@@ -17,6 +17,7 @@ setup(
         "sam3d_nnunet.model",
         "sam3d_nnunet.commands",
         "sam3d_nnunet.evaluation",
+        "sam3d_nnunet.conversion",
         "sam3d_nnunet.prompts",
         "sam3d_nnunet.planners",
         "sam3d_nnunet.trainers",

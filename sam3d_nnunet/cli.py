@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "model-summary": "sam3d_nnunet.commands.model_summary",
     "evaluate": "sam3d_nnunet.commands.evaluate",
+    "convert": "sam3d_nnunet.commands.convert",
 }
 
 
