@@ -31,14 +31,15 @@ def test_paper_configuration_matches_published_counts():
     assert counts["total"] == counts["total_trainable"] + counts["encoder_frozen"]
 
 
-@pytest.mark.parametrize("token_stride", [2, 4, 8])
+@pytest.mark.parametrize("token_stride", [2, 4, 8, (1, 4, 4), (2, 8, 4)])
 def test_fused_patch_embedding_equals_the_papers_path(token_stride):
     torch.manual_seed(1)
     embed = PatchEmbed3D(embed_dim=5, token_stride=token_stride).double()
     with torch.no_grad():  # a depth kernel unlike the 1/16 initialisation, and non-zero biases
         embed.depth_conv.weight.normal_()
         embed.depth_conv.bias.normal_()
-    crop = torch.randn(2, 3, 2 * token_stride, 3 * token_stride, 4 * token_stride, dtype=torch.float64)
+    sd, sh, sw = (token_stride,) * 3 if isinstance(token_stride, int) else token_stride
+    crop = torch.randn(2, 3, 2 * sd, 3 * sh, 4 * sw, dtype=torch.float64)
     fused = embed(crop)
     reference = embed.forward_paper(crop).permute(0, 2, 3, 4, 1)
     assert fused.shape == reference.shape == (2, 2, 3, 4, 5)
@@ -52,17 +53,19 @@ def test_fused_patch_embedding_float32_rounding():
     torch.testing.assert_close(embed(crop), embed.forward_paper(crop).permute(0, 2, 3, 4, 1), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("crop,stride", [((32, 48, 64), 4), ((24, 40, 16), 8), ((20, 12, 28), 4)])
+@pytest.mark.parametrize("crop,stride", [((32, 48, 64), 4), ((24, 40, 16), 8), ((20, 12, 28), 4),
+                                         ((12, 48, 32), (1, 4, 4))])
 def test_click_sampling_reads_the_clicked_voxel(crop, stride):
     """A feature map whose channels hold the voxel coordinates of each token's centre: sampling at a
     click must return the click's own coordinates (a swapped axis would not)."""
-    grid = [n // stride for n in crop]
-    centres = [torch.arange(g, dtype=torch.float64) * stride + (stride - 1) / 2 for g in grid]
+    strides = (stride,) * 3 if isinstance(stride, int) else stride
+    grid = [n // s for n, s in zip(crop, strides)]
+    centres = [torch.arange(g, dtype=torch.float64) * s + (s - 1) / 2 for g, s in zip(grid, strides)]
     dd, hh, ww = torch.meshgrid(*centres, indexing="ij")
     feature_map = torch.stack([dd, hh, ww])[None].repeat(2, 1, 1, 1, 1)
     generator = torch.Generator().manual_seed(0)
-    low = torch.tensor([(stride - 1) / 2] * 3, dtype=torch.float64)
-    high = torch.tensor([n - 1 - (stride - 1) / 2 for n in crop], dtype=torch.float64)
+    low = torch.tensor([(s - 1) / 2 for s in strides], dtype=torch.float64)
+    high = torch.tensor([n - 1 - (s - 1) / 2 for n, s in zip(crop, strides)], dtype=torch.float64)
     clicks = low + (high - low) * torch.rand(2, 7, 3, generator=generator, dtype=torch.float64)
     clicks[0, 0] = torch.round(clicks[0, 0])  # an integer voxel too
     sampled = sample_features_at_clicks(feature_map, clicks, crop)
@@ -75,6 +78,9 @@ def test_non_cubic_crops_and_clear_error_for_bad_grid():
         token_grid((32, 40, 32), 4, 8)
     model = tiny_model(patch=(8, 16, 24))
     assert model(torch.randn(1, 1, 8, 16, 24), target_class=1).shape == (1, 2, 8, 16, 24)
+    thick = tiny_model(patch=(4, 16, 24), token_stride=(2, 4, 4))  # thick slices: fewer voxels per token across them
+    assert thick.token_grid == (2, 4, 6)
+    assert thick(torch.randn(1, 1, 4, 16, 24), target_class=1).shape == (1, 2, 4, 16, 24)
 
 
 def test_decode_with_new_clicks_on_cached_features_equals_a_full_forward():

@@ -10,7 +10,7 @@ from torch.utils.checkpoint import checkpoint
 from .block import Block3D
 from .neck import Neck3D
 from .patch_embed import PatchEmbed3D
-from .variants import SAMVariant, token_grid
+from .variants import SAMVariant, TokenStride, token_grid
 
 
 def pool_position_table(table: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -33,7 +33,7 @@ class ImageEncoder3D(nn.Module):
     """Crop [B, 3, D, H, W] -> four feature maps [B, neck_dim, D/s, H/s, W/s] (after each quarter of
     the blocks). Tensors named as in SAM's ``ImageEncoderViT`` carry SAM's weights unchanged."""
 
-    def __init__(self, variant: SAMVariant, patch_size: tuple[int, int, int], token_stride: int = 4,
+    def __init__(self, variant: SAMVariant, patch_size: tuple[int, int, int], token_stride: TokenStride = 4,
                  window_size: int = 8, adapter_dim: int | None = None, neck_dim: int = 256,
                  lora_rank: int = 0, patch_embed_mode: str = "fused", gradient_checkpointing: bool = False) -> None:
         super().__init__()

@@ -40,12 +40,13 @@ class MultiLevelDecoder3D(nn.Module):
         self.image_head = nn.Conv3d(image_channels, out_channels, kernel_size=1)
 
     @staticmethod
-    def fused_size(grid: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(2 * n for n in grid)
+    def fused_size(grid: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
+        """Twice the token grid (64^3 for the paper's 32^3), never finer than the crop itself."""
+        return tuple(min(2 * n, c) for n, c in zip(grid, crop))
 
     def prompt_independent(self, levels: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         """The logits' share from levels 1..n-1 and the image skip, at the fused resolution [B, 2, *2grid]."""
-        size = self.fused_size(tuple(levels[0].shape[2:]))
+        size = self.fused_size(tuple(levels[0].shape[2:]), tuple(image.shape[2:]))
         total = self.image_head(_upsample(image, size))
         for block, head, level in zip(self.levels[:-1], self.level_heads[:-1], levels[:-1]):
             total = total + _upsample(head(block(level)), size)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .variants import TokenStride, per_axis
+
 
 def upsampling_stencil(token_stride: int, sam_patch: int = 16) -> torch.Tensor:
     """Weights [token_stride + 2, sam_patch] of input voxel ``s*t - 1 + k`` in upsampled position
@@ -35,16 +37,17 @@ def compose_patch_kernel(
     bias_2d: torch.Tensor | None,
     depth_kernel: torch.Tensor,
     depth_bias: torch.Tensor | None,
-    stencil: torch.Tensor,
+    stencils: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Compose (2D patch conv on upsampled slices) then (depth-wise slice merge) into one Conv3d.
 
     kernel_2d [E, C, P, P] acts on (H, W); depth_kernel [E, P] merges P upsampled slices along D;
-    stencil [K, P] maps K input voxels to P upsampled positions. Returns kernel [E, C, K, K, K], bias [E].
+    stencils (one per axis D, H, W) [K_a, P] map K_a input voxels to P upsampled positions.
+    Returns kernel [E, C, K_d, K_h, K_w] and bias [E].
     """
-    stencil = stencil.to(kernel_2d.dtype)
-    depth = depth_kernel @ stencil.T  # [E, K]
-    plane = torch.einsum("ecij,pi,qj->ecpq", kernel_2d, stencil, stencil)  # [E, C, K, K]
+    sd, sh, sw = (s.to(kernel_2d.dtype) for s in stencils)
+    depth = depth_kernel @ sd.T  # [E, K_d]
+    plane = torch.einsum("ecij,pi,qj->ecpq", kernel_2d, sh, sw)  # [E, C, K_h, K_w]
     kernel = depth[:, None, :, None, None] * plane[:, :, None, :, :]
     bias = torch.zeros(kernel_2d.shape[0], dtype=kernel_2d.dtype, device=kernel_2d.device)
     if bias_2d is not None:
@@ -62,13 +65,13 @@ class PatchEmbed3D(nn.Module):
     embeddings, so a fresh model embeds a slab the way SAM embeds one slice.
     """
 
-    def __init__(self, embed_dim: int, token_stride: int = 4, in_chans: int = 3, sam_patch: int = 16,
+    def __init__(self, embed_dim: int, token_stride: TokenStride = 4, in_chans: int = 3, sam_patch: int = 16,
                  mode: str = "fused") -> None:
         super().__init__()
         if mode not in ("fused", "paper"):
             raise ValueError(f"patch embedding mode must be 'fused' or 'paper', got {mode!r}")
         self.mode = mode
-        self.token_stride = token_stride
+        self.token_stride = per_axis(token_stride)
         self.sam_patch = sam_patch
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=sam_patch, stride=sam_patch)
         self.depth_conv = nn.Conv3d(embed_dim, embed_dim, kernel_size=(sam_patch, 1, 1),
@@ -76,12 +79,13 @@ class PatchEmbed3D(nn.Module):
         with torch.no_grad():
             self.depth_conv.weight.fill_(1.0 / sam_patch)
             self.depth_conv.bias.zero_()
-        self.register_buffer("stencil", upsampling_stencil(token_stride, sam_patch).float(), persistent=False)
+        for axis, stride in zip("dhw", self.token_stride):
+            self.register_buffer(f"stencil_{axis}", upsampling_stencil(stride, sam_patch).float(), persistent=False)
 
     def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The composed Conv3d kernel; recomputed each call because the depth conv trains."""
         return compose_patch_kernel(self.proj.weight, self.proj.bias, self.depth_conv.weight[:, 0, :, 0, 0],
-                                    self.depth_conv.bias, self.stencil)
+                                    self.depth_conv.bias, (self.stencil_d, self.stencil_h, self.stencil_w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "paper":
@@ -94,7 +98,7 @@ class PatchEmbed3D(nn.Module):
 
     def forward_paper(self, x: torch.Tensor) -> torch.Tensor:
         """The published path: upsample, 2D patch conv per slice, depth-wise merge. [B, E, D/s, H/s, W/s]."""
-        scale = self.sam_patch // self.token_stride
+        scale = tuple(float(self.sam_patch // s) for s in self.token_stride)
         up = F.interpolate(x, scale_factor=scale, mode="trilinear", align_corners=False)
         b, c, d, h, w = up.shape
         slices = up.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)

@@ -16,7 +16,7 @@ from .finetune import apply_finetune_policy, check_policy
 from .image_encoder import ImageEncoder3D
 from .mask_decoder import MultiLevelDecoder3D
 from .prompt_encoder import PAD_LABEL, ClickPromptEncoder
-from .variants import get_variant
+from .variants import TokenStride, get_variant
 
 
 class ImageFeatures(NamedTuple):
@@ -35,7 +35,7 @@ class SAM3DNet(nn.Module):
     """
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
-                 variant: str = "vit_b", patch_size: Sequence[int] = (128, 128, 128), token_stride: int = 4,
+                 variant: str = "vit_b", patch_size: Sequence[int] = (128, 128, 128), token_stride: TokenStride = 4,
                  window_size: int = 8, adapter_dim: int | None = None, neck_dim: int | None = None,
                  finetune: str = "adapter", lora_rank: int = 8, num_global_queries: int = 10,
                  patch_embed_mode: str = "fused", gradient_checkpointing: bool = False) -> None:

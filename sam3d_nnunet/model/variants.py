@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,34 @@ def get_variant(name: str) -> SAMVariant:
         raise ValueError(f"unknown SAM variant {name!r}; choose one of {sorted(SAM_VARIANTS)}") from None
 
 
-def token_grid(patch_size: tuple[int, ...], token_stride: int, window_size: int) -> tuple[int, int, int]:
-    """The token grid of a crop; every axis must hold a whole number of attention windows."""
+TokenStride = Union[int, Sequence[int]]
+
+
+def per_axis(token_stride: TokenStride) -> tuple[int, int, int]:
+    """A token stride as three per-axis strides (an int means the same along every axis)."""
+    strides = (token_stride,) * 3 if isinstance(token_stride, int) else tuple(int(s) for s in token_stride)
+    if len(strides) != 3:
+        raise ValueError(f"token_stride must be an int or 3 ints, got {token_stride}")
+    for stride in strides:
+        if stride < 1 or 16 % stride:
+            raise ValueError(f"token_stride must divide SAM's 16-pixel patch (1, 2, 4, 8, 16), got {token_stride}")
+    return strides  # type: ignore[return-value]
+
+
+def token_grid(patch_size: Sequence[int], token_stride: TokenStride, window_size: int) -> tuple[int, int, int]:
+    """The token grid of a crop; every axis must hold a whole number of attention windows.
+
+    ``token_stride`` may differ per axis: on thick-slice images a stride of 1 or 2 across the slices and 4
+    in-plane keeps the tokens' physical extent close to isotropic without resampling the slices.
+    """
     if len(patch_size) != 3:
         raise ValueError(f"patch_size must have 3 axes, got {tuple(patch_size)}")
-    if 16 % token_stride:
-        raise ValueError(f"token_stride must divide SAM's 16-pixel patch (1, 2, 4, 8, 16), got {token_stride}")
-    unit = token_stride * window_size
-    for axis, size in enumerate(patch_size):
+    strides = per_axis(token_stride)
+    for axis, (size, stride) in enumerate(zip(patch_size, strides)):
+        unit = stride * window_size
         if size % unit:
             raise ValueError(
                 f"patch_size {tuple(patch_size)}: axis {axis} ({size}) is not a multiple of "
-                f"token_stride x window_size = {token_stride} x {window_size} = {unit}"
+                f"token_stride x window_size = {stride} x {window_size} = {unit}"
             )
-    return tuple(size // token_stride for size in patch_size)  # type: ignore[return-value]
+    return tuple(size // stride for size, stride in zip(patch_size, strides))  # type: ignore[return-value]
