@@ -21,6 +21,8 @@ setup(
         "sam3d_nnunet.prompts",
         "sam3d_nnunet.planners",
         "sam3d_nnunet.trainers",
+        "sam3d_nnunet.trainers.nnunet_ext",
+        "sam3d_nnunet.inference",
     ],
     package_dir={
         "sam3d_nnunet": "sam3d_nnunet",

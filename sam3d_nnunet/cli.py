@@ -14,7 +14,10 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "model-summary": "sam3d_nnunet.commands.model_summary",
     "evaluate": "sam3d_nnunet.commands.evaluate",
+    "plan_and_preprocess": "sam3d_nnunet.commands.plan_and_preprocess",
+    "ext-trainer-dir": "sam3d_nnunet.commands.ext_trainer_dir",
     "convert": "sam3d_nnunet.commands.convert",
+    "predict": "sam3d_nnunet.commands.predict",
 }
 
 

@@ -1,0 +1,309 @@
+"""``SAM3DPlanner``: nnU-Net experiment planning for the SAM 3D adapter network.
+
+What it keeps from nnU-Net (inherited, unchanged): the dataset fingerprint, the 3d_fullres target spacing
+(median spacing, with nnU-Net's anisotropy rule), the axis transpose, resampling functions, and the intensity
+normalisation chosen from ``channel_names`` (``CT`` -> percentile clip + z-score from the fingerprint,
+anything else -> per-image z-score). Preprocessing runs through nnU-Net's ``DefaultPreprocessor``.
+
+What it chooses for the ViT (the ``3d_fullres`` configuration only; 2d and 3d_lowres are not planned, since a
+windowed 3D ViT has no use for them and the cascade needs a U-Net):
+
+* ``token_stride`` (voxels per token along each axis) and ``window_size`` (tokens per attention window) per
+  SAM variant (``VARIANT_DEFAULTS``; vit_b is the paper's setting: stride 4, window 8, adapter width 384,
+  patch 128^3). On thick-slice data the stride along the coarse axis is lowered (a power of two, e.g.
+  ``[1, 4, 4]`` at 3.3 x 1 x 1 mm) so tokens stay about isotropic in mm (``choose_token_stride``); the plans
+  then hold a list, otherwise one int;
+* a patch whose token grid ``patch / token_stride`` is a multiple of ``window_size`` along every axis, i.e.
+  axis i a multiple of ``unit_i = token_stride_i * window_size`` (axes may differ: not only cubes). It starts
+  from the variant's reference number of tokens (vit_b: 32^3) on a token grid shaped so the patch is
+  physically about cubic, rounded to the nearest unit, is clipped to the median image shape rounded UP to the
+  unit (so small images such as the hippocampus, about 36x50x35, are covered whole: 48x64x48 for the tiny
+  variant), then shrunk one unit at a time along the axis of largest physical extent until the training
+  memory estimate fits the budget;
+* the batch size: the most samples that fit the budget, capped (like nnU-Net) so one batch covers at most
+  5% of the dataset's voxels, but at least ``min_batch_size`` (2, or 1 where 2 would not fit).
+
+Memory budget: ``gpu_memory_target_in_gb`` (nnU-Net's ``-gpu_memory_target``), default 12 GB of GPU memory
+for training, the reference target. ``estimate_training_memory_gb`` is a coarse analytical model (mixed
+precision, memory-efficient attention, AdamW on the trainable tensors): weights, gradients and optimiser
+state, plus per-token activations of every transformer block (backward passes through all blocks because an
+adapter sits at every block's input), the necks and the convolutional decoder, plus a fixed 0.75 GB
+workspace. It puts the paper setting (vit_b, 128^3, batch 1) at about 11.5 GB. It is not a measurement:
+raise or lower ``-gpu_memory_target`` after looking at real usage. If the model package exposes
+``estimate_training_memory_gb`` it is used instead.
+
+The plans file (identifier ``SAM3DPlans``) holds, besides nnU-Net's usual entries,
+``configurations.3d_fullres.architecture = {"network_class_name": "sam3d_nnunet.model.SAM3DNet",
+"arch_kwargs": {...}, "_kw_requires_import": []}`` and a top-level ``"sam3d"`` block with the SAM variant,
+the SAM checkpoint path the user gave (absolute; ``null`` if none: training then starts from random
+weights, with a loud warning) and the memory budget and estimate.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import warnings
+from copy import deepcopy
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+NETWORK_CLASS_NAME = "sam3d_nnunet.model.SAM3DNet"
+DEFAULT_PLANS_NAME = "SAM3DPlans"
+DEFAULT_GPU_MEMORY_TARGET_GB = 12.0
+
+# Approximate parameter counts (whole SAM3DNet) for the memory estimate.
+_APPROX_PARAMS = {"tiny": 0.8e6, "vit_b": 112e6, "vit_l": 330e6, "vit_h": 660e6}
+
+# Per-variant choices of the planner: token stride, attention window (in tokens) and the reference (largest)
+# patch. Adapter and neck widths come from the model's variant table (vit_b: adapter 384, necks 256, the
+# paper's setting). The tiny variant is not a published SAM: a small encoder of the same structure for tests
+# and CPU demos, with windows of 4 tokens so that patches are multiples of 16 voxels.
+VARIANT_DEFAULTS = {
+    "tiny": {"token_stride": 4, "window_size": 4, "reference_patch": (64, 64, 64)},
+    "vit_b": {"token_stride": 4, "window_size": 8, "reference_patch": (128, 128, 128)},
+    "vit_l": {"token_stride": 4, "window_size": 8, "reference_patch": (128, 128, 128)},
+    "vit_h": {"token_stride": 4, "window_size": 8, "reference_patch": (128, 128, 128)},
+}
+
+
+def _variant_dims(variant: str):
+    """(embed_dim, depth, num_heads, approx. parameter count, adapter width, neck width) of a SAM variant."""
+    from sam3d_nnunet.model import get_variant
+    v = get_variant(variant)
+    return (v.embed_dim, v.depth, v.num_heads, _APPROX_PARAMS.get(variant, 14 * v.depth * v.embed_dim ** 2),
+            v.default_adapter_dim, v.default_neck_dim)
+
+
+def estimate_training_memory_gb(variant: str, patch_size: Sequence[int], token_stride: Union[int, Sequence[int]],
+                                batch_size: int = 1,
+                                adapter_dim: Optional[int] = None, neck_dim: int = 256,
+                                finetune: str = "adapter") -> float:
+    """Coarse GPU memory estimate (GB) of one training step; see the module docstring."""
+    try:
+        from sam3d_nnunet.model import estimate_training_memory_gb as model_estimate  # noqa: WPS433
+    except Exception:
+        model_estimate = None
+    if model_estimate is not None:
+        return float(model_estimate(variant=variant, patch_size=tuple(int(p) for p in patch_size),
+                                    token_stride=token_stride, batch_size=batch_size, adapter_dim=adapter_dim,
+                                    neck_dim=neck_dim, finetune=finetune))
+    dim, depth, _heads, n_params, default_adapter, _neck = _variant_dims(variant)
+    adapter_dim = adapter_dim if adapter_dim is not None else default_adapter
+    voxels = float(np.prod(patch_size, dtype=np.float64))
+    strides = [token_stride] * 3 if isinstance(token_stride, (int, np.integer)) else list(token_stride)
+    tokens = voxels / float(np.prod(strides))
+    # weights fp32; gradients + AdamW moments (12 B) for trainable tensors
+    trainable = n_params if finetune == "full" else 0.25 * n_params
+    weights = n_params * 4 + trainable * 12
+    # activations kept for backward (bytes, half precision, memory-efficient attention): about 24 * width
+    # bytes per token per transformer block (Korthikanti et al. 2022 without the attention-score term) plus
+    # the adapter's bottleneck; 4 neck maps; the decoder's convolutions at half resolution and the logits
+    blocks = depth * tokens * (24 * dim + 4 * adapter_dim)
+    necks = 4 * tokens * neck_dim * 4 * 2
+    level = neck_dim // 2
+    decoder = (voxels / 8) * (4 * 2 * level * 3 + 4 * level + 1) * 2 + voxels * 2 * 4 * 4
+    total = weights + batch_size * (blocks + necks + decoder) + 0.75e9
+    return total / 1e9
+
+
+def loud_warning(message: str) -> None:
+    """A warning that is hard to miss: a banner on stderr plus ``warnings.warn``."""
+    import sys
+    bar = "!" * 100
+    print(f"\n{bar}\nWARNING: {message}\n{bar}\n", file=sys.stderr, flush=True)
+    warnings.warn(message, stacklevel=3)
+
+
+def round_nearest(x: float, unit: int) -> int:
+    return int(max(unit, round(float(x) / unit) * unit))
+
+
+def round_up(x: float, unit: int) -> int:
+    return int(max(unit, math.ceil(float(x) / unit) * unit))
+
+
+class SAM3DPlanner(ExperimentPlanner):
+    """nnU-Net planner for ``sam3d_nnunet.model.SAM3DNet`` (see the module docstring)."""
+
+    default_sam_variant = "vit_b"
+    min_batch_size = 2
+
+    def __init__(self, dataset_name_or_id: Union[str, int],
+                 gpu_memory_target_in_gb: float = DEFAULT_GPU_MEMORY_TARGET_GB,
+                 preprocessor_name: str = 'DefaultPreprocessor', plans_name: str = DEFAULT_PLANS_NAME,
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False,
+                 sam_variant: Optional[str] = None, sam_checkpoint: Optional[str] = None,
+                 finetune: str = "adapter"):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        self.sam_variant = sam_variant or self.default_sam_variant
+        if self.sam_variant not in VARIANT_DEFAULTS:
+            raise ValueError(f"unknown SAM variant {self.sam_variant!r}; choose one of {sorted(VARIANT_DEFAULTS)}")
+        if sam_checkpoint is not None:
+            sam_checkpoint = os.path.abspath(os.path.expanduser(str(sam_checkpoint)))
+            if not os.path.isfile(sam_checkpoint):
+                raise FileNotFoundError(f"SAM checkpoint {sam_checkpoint} does not exist")
+        self.sam_checkpoint = sam_checkpoint
+        self.finetune = finetune
+        self.memory_target_gb = float(gpu_memory_target_in_gb)
+
+    # ------------------------------------------------------------------ choices for the ViT
+    def variant_arch_defaults(self) -> dict:
+        d = deepcopy(VARIANT_DEFAULTS[self.sam_variant])
+        _dim, _depth, _heads, _n, d["adapter_dim"], d["neck_dim"] = _variant_dims(self.sam_variant)
+        return d
+
+    def choose_token_stride(self, spacing: Sequence[float]) -> List[int]:
+        """Per-axis token stride: the variant's stride along the finest axes; along a coarser (thick-slice) axis
+        the power of two (dividing SAM's 16-pixel patch, at most the variant's stride) that brings the token's
+        physical size closest to the in-plane one, e.g. [1, 4, 4] for 3.3 x 1 x 1 mm. Isotropic data: the
+        variant's stride everywhere."""
+        base = int(VARIANT_DEFAULTS[self.sam_variant]["token_stride"])
+        spacing = np.asarray(spacing, dtype=float)
+        choices = [c for c in (1, 2, 4, 8, 16) if c <= base]
+        strides = []
+        for r in spacing / spacing.min():
+            ideal = base / r
+            strides.append(int(min(choices, key=lambda c: abs(math.log2(c) - math.log2(ideal)))))
+        return strides
+
+    def choose_patch_and_batch(self, spacing: Sequence[float], median_shape: Sequence[float],
+                               approximate_n_voxels_dataset: float) -> Tuple[List[int], int, float]:
+        """(patch_size, batch_size, estimated GB) for the given (transposed) spacing and median shape."""
+        d = self.variant_arch_defaults()
+        strides, window = self.choose_token_stride(spacing), d["window_size"]
+        units = [st * window for st in strides]
+
+        def estimate(p, bs):
+            return estimate_training_memory_gb(self.sam_variant, p, strides, bs, d["adapter_dim"], d["neck_dim"],
+                                               self.finetune)
+
+        # start from the reference number of TOKENS, the token grid shaped so the patch is physically about
+        # cubic (tokens along an axis proportional to 1 / (stride * spacing))
+        ref_tokens = float(np.prod(d["reference_patch"], dtype=np.float64)) / d["token_stride"] ** 3
+        aspect = 1.0 / (np.asarray(strides, dtype=float) * np.asarray(spacing, dtype=float))
+        grid = aspect * (ref_tokens / np.prod(aspect)) ** (1.0 / 3)
+        initial = grid * np.asarray(strides, dtype=float)
+        cap = [round_up(m, u) for m, u in zip(median_shape, units)]
+        patch = [min(round_nearest(i, u), c) for i, u, c in zip(initial, units, cap)]
+        # shrink, one unit at a time, the axis with the largest physical extent (keeps the patch's physical
+        # shape close to a cube); ties: the axis largest relative to the median shape
+        while estimate(patch, 1) > self.memory_target_gb and any(p > u for p, u in zip(patch, units)):
+            keys = [(p * s, p / max(m, 1.0)) if p > u else (-1.0, -1.0)
+                    for p, u, s, m in zip(patch, units, spacing, median_shape)]
+            axis = max(range(len(patch)), key=lambda i: keys[i])
+            patch[axis] -= units[axis]
+        est1 = estimate(patch, 1)
+        if est1 > self.memory_target_gb:
+            warnings.warn(f"SAM3DPlanner: even the smallest patch {patch} is estimated at {est1:.1f} GB, above the "
+                          f"{self.memory_target_gb} GB target; choose a smaller SAM variant or raise "
+                          f"-gpu_memory_target.")
+        # batch size: as many as fit, capped at 5% of the dataset's voxels, at least min_batch_size if it fits
+        bs_fit = 1
+        while bs_fit < 64 and estimate(patch, bs_fit + 1) <= self.memory_target_gb:
+            bs_fit += 1
+        bs_5pct = int(round(approximate_n_voxels_dataset * self.max_dataset_covered
+                            / float(np.prod(patch, dtype=np.float64))))
+        batch_size = max(min(bs_fit, bs_5pct), min(self.min_batch_size, bs_fit))
+        return [int(p) for p in patch], int(batch_size), float(estimate(patch, batch_size))
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
+                                    approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        if len(spacing) != 3:
+            raise RuntimeError("SAM3DPlanner only plans 3D configurations")
+        d = self.variant_arch_defaults()
+        patch, batch_size, est = self.choose_patch_and_batch(spacing, median_shape, approximate_n_voxels_dataset)
+        strides = self.choose_token_stride(spacing)
+        arch_kwargs = {
+            "variant": self.sam_variant,
+            "patch_size": patch,
+            "token_stride": strides[0] if len(set(strides)) == 1 else strides,
+            "window_size": d["window_size"],
+            "adapter_dim": d["adapter_dim"],
+            "neck_dim": d["neck_dim"],
+            "finetune": self.finetune,
+        }
+        resampling_data, resampling_data_kwargs, resampling_seg, resampling_seg_kwargs = self.determine_resampling()
+        resampling_softmax, resampling_softmax_kwargs = self.determine_segmentation_softmax_export_fn()
+        normalization_schemes, mask_is_used_for_norm = \
+            self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
+        self._last_memory_estimate_gb = est
+        return {
+            'data_identifier': data_identifier,
+            'preprocessor_name': self.preprocessor_name,
+            'batch_size': batch_size,
+            'patch_size': patch,
+            'median_image_size_in_voxels': [float(i) for i in median_shape],
+            'spacing': [float(i) for i in spacing],
+            'normalization_schemes': normalization_schemes,
+            'use_mask_for_norm': mask_is_used_for_norm,
+            'resampling_fn_data': resampling_data.__name__,
+            'resampling_fn_seg': resampling_seg.__name__,
+            'resampling_fn_data_kwargs': resampling_data_kwargs,
+            'resampling_fn_seg_kwargs': resampling_seg_kwargs,
+            'resampling_fn_probabilities': resampling_softmax.__name__,
+            'resampling_fn_probabilities_kwargs': resampling_softmax_kwargs,
+            'architecture': {
+                'network_class_name': NETWORK_CLASS_NAME,
+                'arch_kwargs': arch_kwargs,
+                '_kw_requires_import': [],
+            },
+            'batch_dice': False,
+        }
+
+    def plan_experiment(self):
+        """Plan ``3d_fullres`` only (nnU-Net's spacing, transpose and normalisation; the ViT's patch/batch)."""
+        if self.sam_checkpoint is None:
+            loud_warning("SAM3DPlanner: no SAM checkpoint given (--sam-checkpoint); the plans record null and "
+                         "training will start the ViT from RANDOM weights (fine for tests, poor for real use).")
+        transpose_forward, transpose_backward = self.determine_transpose()
+        fullres_spacing = self.determine_fullres_target_spacing()
+        fullres_spacing_transposed = fullres_spacing[transpose_forward]
+        new_shapes = [compute_new_shape(j, i, fullres_spacing) for i, j in
+                      zip(self.dataset_fingerprint['spacings'], self.dataset_fingerprint['shapes_after_crop'])]
+        new_median_shape = np.median(new_shapes, 0)
+        new_median_shape_transposed = new_median_shape[transpose_forward]
+        approximate_n_voxels_dataset = float(np.prod(new_median_shape_transposed, dtype=np.float64) *
+                                             self.dataset_json['numTraining'])
+        if new_median_shape_transposed[0] == 1:
+            raise RuntimeError("SAM3DPlanner needs 3D images; this dataset is 2D")
+        plan_3d_fullres = self.get_plans_for_configuration(fullres_spacing_transposed, new_median_shape_transposed,
+                                                           self.generate_data_identifier('3d_fullres'),
+                                                           approximate_n_voxels_dataset, {})
+        median_spacing = np.median(self.dataset_fingerprint['spacings'], 0)[transpose_forward]
+        median_shape = np.median(self.dataset_fingerprint['shapes_after_crop'], 0)[transpose_forward]
+        shutil.copy(join(self.raw_dataset_folder, 'dataset.json'),
+                    join(nnUNet_preprocessed, self.dataset_name, 'dataset.json'))
+        plans = {
+            'dataset_name': self.dataset_name,
+            'plans_name': self.plans_identifier,
+            'original_median_spacing_after_transp': [float(i) for i in median_spacing],
+            'original_median_shape_after_transp': [int(round(i)) for i in median_shape],
+            'image_reader_writer': self.determine_reader_writer().__name__,
+            'transpose_forward': [int(i) for i in transpose_forward],
+            'transpose_backward': [int(i) for i in transpose_backward],
+            'configurations': {'3d_fullres': plan_3d_fullres},
+            'experiment_planner_used': self.__class__.__name__,
+            'label_manager': 'LabelManager',
+            'foreground_intensity_properties_per_channel': self.dataset_fingerprint[
+                'foreground_intensity_properties_per_channel'],
+            'sam3d': {
+                'sam_variant': self.sam_variant,
+                'sam_checkpoint': self.sam_checkpoint,
+                'gpu_memory_target_gb': self.memory_target_gb,
+                'estimated_training_memory_gb': round(self._last_memory_estimate_gb, 2),
+                'note': '2d and 3d_lowres are not planned for the SAM 3D adapter (3d_fullres only).',
+            },
+        }
+        print('SAM3D 3d_fullres configuration:')
+        print(plan_3d_fullres)
+        self.plans = plans
+        self.save_plans(plans)
+        return plans

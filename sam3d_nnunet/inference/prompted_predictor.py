@@ -1,0 +1,360 @@
+"""Whole-volume prediction with click prompts: the ONE prediction path of validation and of ``predict``.
+
+``PromptedPredictor`` works on nnU-Net's preprocessed arrays (transposed, cropped, resampled, normalised) and
+returns nnU-Net-style "logits" [num_classes, *shape] that nnU-Net's own export functions turn into a
+native-geometry segmentation (``export_prediction_from_logits``), exactly as ``nnUNetPredictor`` output is.
+
+Prompted prediction of one class from its clicks (array-order voxel coordinates of the preprocessed array,
+label 1 positive / 0 negative):
+
+1. the image is padded to at least the patch size like nnU-Net's sliding window does (``pad_nd_image``,
+   constant 0, centred); clicks shift with the padding;
+2. the first window is the patch-sized box centred on the mean of the positive clicks (of all clicks if there
+   is no positive one), shifted inside the image;
+3. the window is encoded (features are cached per window position, so classes prompted in the same window
+   share one encoder pass) and decoded with the clicks that fall inside it (in window coordinates);
+4. if the window's predicted mask touches one of its faces that is not the image border, a neighbour window
+   shifted half a patch outward across that face is queued. The neighbour receives the original clicks inside
+   it plus one propagated positive click: the predicted-mask voxel of the overlap (the half window next to the
+   face) nearest to the mean of those voxels. Windows run breadth first until no mask touches an inner face or
+   ``max_windows_per_class`` windows (default 8) have run;
+5. window logits are blended with nnU-Net's Gaussian importance map (``use_gaussian=False``: plain average);
+   the class probability is the softmax of the blended logits; voxels no window covered are background.
+
+Merging classes: each voxel goes to the prompted class of highest probability if that probability exceeds 0.5,
+else to background. The returned [num_classes, *shape] tensor holds, per voxel, ``1 - max_c p_c`` in channel 0
+and ``p_c`` in channel c (0 for classes without prompts). Its argmax is the merged label map, and nnU-Net's
+export (linear resampling of these channels to native geometry, then argmax) reproduces that rule in native
+space. The values are probabilities, not calibrated logits: ``--save_probabilities`` style softmax exports of
+them are monotone but not calibrated.
+
+Automatic (prompt-free) models (``nnUNetTrainerSAM3D_auto``) are predicted with nnU-Net's own sliding window
+(``nnUNetPredictor.predict_sliding_window_return_logits``, Gaussian blending, step 0.5, mirroring off by
+default), the network's ``forward(image)`` giving multi-class logits.
+
+Clicks given in raw-image voxel indices (the array order of the image reader, e.g. SimpleITK's (z, y, x)) map
+into the preprocessed array by ``raw_to_preprocessed_coords``: transpose (``plans.transpose_forward``), subtract
+the crop box's lower corner (``properties['bbox_used_for_cropping']``), scale voxel centres by
+preprocessed shape / shape after cropping (``(i + 0.5) * s - 0.5``, the centre-aligned convention of nnU-Net's
+resampling), clip into the array.
+
+Validation protocol (``protocol_prompts_from_label``): for every foreground class present in the case's
+native ground truth, ``n_clicks`` (default 1) uniformly random voxels of that class, seeded by
+``case_class_seed(case_id, class_id, seed)``; absent classes get no prompt and are predicted empty.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from sam3d_nnunet.prompts.simulation import case_class_seed, protocol_clicks
+
+
+@dataclass
+class ClassPrompt:
+    """Clicks for one class: ``clicks`` (n, 3) float array-order voxel coordinates, ``labels`` (n,) 1/0."""
+
+    clicks: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        self.clicks = np.asarray(self.clicks, dtype=np.float64).reshape(-1, 3)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if len(self.clicks) != len(self.labels):
+            raise ValueError(f"{len(self.clicks)} clicks but {len(self.labels)} labels")
+        if np.any((self.labels != 0) & (self.labels != 1)):
+            raise ValueError("click labels must be 1 (positive) or 0 (negative)")
+
+
+@dataclass
+class PredictionReport:
+    """What the predictor did for one case: windows per class (start corners in the padded array)."""
+
+    windows: Dict[int, List[Tuple[int, ...]]] = field(default_factory=dict)
+    hit_window_limit: Dict[int, bool] = field(default_factory=dict)
+
+
+def raw_to_preprocessed_coords(points: np.ndarray, properties: dict, transpose_forward: Sequence[int],
+                               preprocessed_shape: Sequence[int]) -> np.ndarray:
+    """Map (n, 3) raw-image voxel indices (reader array order) into preprocessed array coordinates."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    p = points[:, list(transpose_forward)]
+    bbox = np.asarray(properties['bbox_used_for_cropping'], dtype=np.float64)
+    p = p - bbox[:, 0][None]
+    after_crop = np.asarray(properties['shape_after_cropping_and_before_resampling'], dtype=np.float64)
+    scale = np.asarray(preprocessed_shape, dtype=np.float64) / after_crop
+    p = (p + 0.5) * scale[None] - 0.5
+    return np.clip(p, 0, np.asarray(preprocessed_shape, dtype=np.float64)[None] - 1)
+
+
+def protocol_prompts_from_label(label: np.ndarray, case_id: str, foreground_labels: Iterable[int],
+                                n_clicks: int = 1, seed: int = 0) -> Dict[int, ClassPrompt]:
+    """Seeded validation clicks from a label array: ``n_clicks`` uniformly random voxels per present class."""
+    prompts = {}
+    for c in foreground_labels:
+        pts = protocol_clicks(label, int(c), n_clicks, case_class_seed(case_id, int(c), seed))
+        if len(pts):
+            prompts[int(c)] = ClassPrompt(pts, np.ones(len(pts), dtype=np.int64))
+    return prompts
+
+
+def merge_class_probabilities(probabilities: Dict[int, torch.Tensor], num_classes: int,
+                              shape: Sequence[int]) -> torch.Tensor:
+    """[num_classes, *shape]: channel 0 = 1 - max_c p_c, channel c = p_c (see the module docstring)."""
+    out = torch.zeros((num_classes, *shape), dtype=torch.float32)
+    for c, p in probabilities.items():
+        out[c] = p.float().cpu()
+    if num_classes > 1:
+        out[0] = 1.0 - out[1:].max(0).values
+    else:
+        out[0] = 1.0
+    return out
+
+
+class PromptedPredictor:
+    """Prompted (or automatic) whole-volume prediction for a SAM3DNet; see the module docstring."""
+
+    def __init__(self, network: nn.Module, plans_manager, configuration_manager, dataset_json: dict,
+                 device: Union[str, torch.device] = "cpu", *, prompted: bool = True, max_windows_per_class: int = 8,
+                 use_gaussian: bool = True, tile_step_size: float = 0.5, use_mirroring: bool = False,
+                 allowed_mirroring_axes: Optional[Tuple[int, ...]] = None, trainer_name: str = "nnUNetTrainerSAM3D",
+                 feature_cache_size: int = 8, list_of_parameters: Optional[List[dict]] = None,
+                 verbose: bool = False):
+        self.network = network
+        self.plans_manager = plans_manager
+        self.configuration_manager = configuration_manager
+        self.dataset_json = dataset_json
+        self.label_manager = plans_manager.get_label_manager(dataset_json)
+        self.device = torch.device(device)
+        self.prompted = prompted
+        self.max_windows_per_class = int(max_windows_per_class)
+        self.use_gaussian = use_gaussian
+        self.tile_step_size = tile_step_size
+        self.use_mirroring = use_mirroring
+        self.allowed_mirroring_axes = allowed_mirroring_axes
+        self.trainer_name = trainer_name
+        self.feature_cache_size = feature_cache_size
+        self.list_of_parameters = list_of_parameters
+        self.verbose = verbose
+        self.patch_size = tuple(int(p) for p in configuration_manager.patch_size)
+        self.last_report: Optional[PredictionReport] = None
+
+    # ------------------------------------------------------------------ construction from a results folder
+    @classmethod
+    def from_trained_model_folder(cls, model_folder: str, folds: Union[Sequence[Union[int, str]], None] = (0,),
+                                  checkpoint_name: str = "checkpoint_final.pth",
+                                  device: Union[str, torch.device] = "cpu", **kwargs) -> "PromptedPredictor":
+        """Load a trained model (``nnUNet_results/<dataset>/<trainer>__<plans>__<config>``) as nnU-Net does.
+
+        The trainer class named in the checkpoint builds the network (so a variant's checkpoint is rebuilt by
+        the same variant: fine-tuning policy, LoRA tensors). Several folds: their probabilities are averaged.
+        Trainers are found through ``nnUNet_extTrainer`` like nnU-Net's predictor; when it is unset, the SAM3D
+        trainers of this package are still found.
+        """
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        base = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False,
+                               use_mirroring=kwargs.get("use_mirroring", False))
+        with sam3d_trainers_visible():
+            base.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+            trainer_class = recursive_find_trainer_class_by_name(base.trainer_name)
+        prompted = bool(getattr(trainer_class, "use_prompts", True))
+        kwargs.setdefault("max_windows_per_class", getattr(trainer_class, "max_windows_per_class", 8))
+        return cls(base.network.to(device), base.plans_manager, base.configuration_manager, base.dataset_json,
+                   device, prompted=prompted, allowed_mirroring_axes=base.allowed_mirroring_axes,
+                   trainer_name=base.trainer_name, list_of_parameters=base.list_of_parameters, **kwargs)
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def predict_preprocessed(self, data: Union[np.ndarray, torch.Tensor],
+                             prompts: Optional[Dict[int, ClassPrompt]] = None) -> torch.Tensor:
+        """[C, *shape] preprocessed image (+ prompts in preprocessed coordinates) -> [num_classes, *shape]
+        tensor (CPU, float32) for ``export_prediction_from_logits``. ``prompts`` None with a prompted model:
+        every class empty. Several parameter sets (folds): averaged."""
+        if isinstance(data, np.ndarray):
+            data = torch.from_numpy(np.ascontiguousarray(data))
+        data = data.float()
+        amp = torch.autocast("cuda", enabled=True) if self.device.type == "cuda" else contextlib.nullcontext()
+        with amp:
+            if self.list_of_parameters is None or len(self.list_of_parameters) <= 1:
+                return self._predict_one(data, prompts)
+            acc = None
+            for params in self.list_of_parameters:
+                self.network.load_state_dict(params)
+                out = self._predict_one(data, prompts)
+                acc = out if acc is None else acc + out
+            return acc / len(self.list_of_parameters)
+
+    def _predict_one(self, data: torch.Tensor, prompts: Optional[Dict[int, ClassPrompt]]) -> torch.Tensor:
+        self.network.eval()
+        if not self.prompted:
+            return self._predict_automatic(data)
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        padded, slicer = pad_nd_image(data, self.patch_size, 'constant', {'value': 0}, True, None)
+        offset = np.array([s.start or 0 for s in slicer[1:]], dtype=np.float64)
+        shape = tuple(data.shape[1:])
+        report = PredictionReport()
+        cache: "OrderedDict[tuple, object]" = OrderedDict()
+        probs = {}
+        for c, prompt in sorted((prompts or {}).items()):
+            if c not in self.label_manager.foreground_labels:
+                raise ValueError(f"prompt for class {c}, which is not a foreground label of this dataset "
+                                 f"{self.label_manager.foreground_labels}")
+            if len(prompt.clicks) == 0:
+                continue
+            p, windows, hit = self._predict_class(padded, prompt.clicks + offset[None], prompt.labels, c, cache)
+            probs[c] = p[tuple(slicer[1:])]
+            report.windows[c] = windows
+            report.hit_window_limit[c] = hit
+        self.last_report = report
+        return merge_class_probabilities(probs, self.label_manager.num_segmentation_heads, shape)
+
+    def predict_raw_case(self, image_files: List[str], prompts_raw: Optional[Dict[int, ClassPrompt]],
+                         output_file_truncated: Optional[str] = None, save_probabilities: bool = False):
+        """Preprocess raw image files with nnU-Net's preprocessor, predict with clicks given in RAW voxel
+        indices, and export (if ``output_file_truncated``) through nnU-Net's export function. Returns
+        (logits-like tensor, properties)."""
+        from nnunetv2.inference.export_prediction import export_prediction_from_logits
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case(image_files, None, self.plans_manager,
+                                                    self.configuration_manager, self.dataset_json)
+        prompts = None
+        if prompts_raw is not None:
+            prompts = {c: ClassPrompt(raw_to_preprocessed_coords(p.clicks, properties,
+                                                                 self.plans_manager.transpose_forward,
+                                                                 data.shape[1:]), p.labels)
+                       for c, p in prompts_raw.items()}
+        out = self.predict_preprocessed(data, prompts)
+        if output_file_truncated is not None:
+            export_prediction_from_logits(out, properties, self.configuration_manager, self.plans_manager,
+                                          self.dataset_json, output_file_truncated, save_probabilities)
+        return out, properties
+
+    # ------------------------------------------------------------------ automatic mode
+    def _predict_automatic(self, data: torch.Tensor) -> torch.Tensor:
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        predictor = nnUNetPredictor(tile_step_size=self.tile_step_size, use_gaussian=self.use_gaussian,
+                                    use_mirroring=self.use_mirroring, perform_everything_on_device=True,
+                                    device=self.device, verbose=False, verbose_preprocessing=False,
+                                    allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.trainer_name, self.allowed_mirroring_axes)
+        return predictor.predict_sliding_window_return_logits(data).float().cpu()
+
+    # ------------------------------------------------------------------ prompted mode
+    def _encode(self, window: torch.Tensor, key: tuple, cache: "OrderedDict[tuple, object]"):
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        feats = self.network.encode(window[None].to(self.device))
+        cache[key] = feats
+        while len(cache) > self.feature_cache_size:
+            cache.popitem(last=False)
+        return feats
+
+    def _predict_class(self, image: torch.Tensor, clicks: np.ndarray, labels: np.ndarray, class_id: int,
+                       cache) -> Tuple[torch.Tensor, List[Tuple[int, ...]], bool]:
+        """Probability map [*padded shape] of ``class_id`` (CPU float32), windows used, limit hit."""
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+        P = np.array(self.patch_size)
+        S = np.array(image.shape[1:])
+        logit_sum = torch.zeros((2, *S), dtype=torch.float32)
+        weight_sum = torch.zeros(tuple(S), dtype=torch.float32)
+        if self.use_gaussian:
+            weight = compute_gaussian(tuple(P), sigma_scale=1. / 8, value_scaling_factor=10,
+                                      dtype=torch.float32, device=torch.device('cpu'))
+        else:
+            weight = torch.ones(tuple(P), dtype=torch.float32)
+
+        def clamp_start(start):
+            return tuple(int(v) for v in np.clip(np.round(start), 0, S - P))
+
+        positives = clicks[labels == 1]
+        anchor = positives.mean(0) if len(positives) else clicks.mean(0)
+        queue: List[tuple] = [clamp_start(anchor - P / 2)]
+        propagated: List[np.ndarray] = []
+        done: List[tuple] = []
+        hit_limit = False
+        while queue:
+            start = queue.pop(0)
+            if start in done:
+                continue
+            if len(done) >= self.max_windows_per_class:
+                hit_limit = True
+                break
+            done.append(start)
+            st = np.array(start)
+            sl = tuple(slice(a, a + p) for a, p in zip(start, P))
+            all_clicks = np.concatenate([clicks, np.array(propagated).reshape(-1, 3)]) if propagated else clicks
+            all_labels = np.concatenate([labels, np.ones(len(propagated), np.int64)]) if propagated else labels
+            local = all_clicks - st[None]
+            inside = np.all((local >= 0) & (local <= P[None] - 1), axis=1)
+            feats = self._encode(image[(slice(None),) + sl], start, cache)
+            c_t = torch.from_numpy(local[inside].astype(np.float32))[None].to(self.device)
+            l_t = torch.from_numpy(all_labels[inside].astype(np.int64))[None].to(self.device)
+            logits = self.network.decode(feats, c_t, l_t, torch.tensor([class_id], device=self.device))[0]
+            logits = logits.float().cpu()
+            logit_sum[(slice(None),) + sl] += logits * weight[None]
+            weight_sum[sl] += weight
+            mask = logits.argmax(0).numpy().astype(bool)
+            if not mask.any():
+                continue
+            for axis in range(3):
+                for side in (0, 1):
+                    idx = 0 if side == 0 else P[axis] - 1
+                    face = np.take(mask, idx, axis=axis)
+                    at_border = (st[axis] == 0) if side == 0 else (st[axis] + P[axis] == S[axis])
+                    if at_border or not face.any():
+                        continue
+                    new = st.copy()
+                    new[axis] += (-1 if side == 0 else 1) * (P[axis] // 2)
+                    new_start = clamp_start(new)
+                    if new_start in done or new_start in queue:
+                        continue
+                    # propagated positive click: mask voxel of the overlap nearest the overlap mask's mean
+                    half = [slice(None)] * 3
+                    half[axis] = slice(0, P[axis] // 2) if side == 0 else slice(P[axis] - P[axis] // 2, P[axis])
+                    sub = np.argwhere(mask[tuple(half)]).astype(np.float64)
+                    if side == 1:
+                        sub[:, axis] += P[axis] - P[axis] // 2
+                    pick = sub[np.argmin(((sub - sub.mean(0)) ** 2).sum(1))]
+                    propagated.append(pick + st)
+                    queue.append(new_start)
+        covered = weight_sum > 0
+        prob = torch.zeros(tuple(S), dtype=torch.float32)
+        if covered.any():
+            blended = logit_sum[:, covered] / weight_sum[covered][None]
+            prob[covered] = torch.softmax(blended, 0)[1]
+        if hit_limit and self.verbose:
+            warnings.warn(f"class {class_id}: stopped at {self.max_windows_per_class} windows")
+        return prob, done, hit_limit
+
+
+
+@contextlib.contextmanager
+def sam3d_trainers_visible():
+    """Within the block, nnU-Net's trainer lookup also searches this package's ext-trainer folder (appended to
+    ``nnUNet_extTrainer``; the variable is restored afterwards)."""
+    import os
+    from sam3d_nnunet.commands.ext_trainer_dir import ext_trainer_dir
+    old = os.environ.get("nnUNet_extTrainer")
+    ours = ext_trainer_dir()
+    paths = [p for p in (old or "").split(os.pathsep) if p]
+    if ours not in paths:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(paths + [ours])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("nnUNet_extTrainer", None)
+        else:
+            os.environ["nnUNet_extTrainer"] = old
