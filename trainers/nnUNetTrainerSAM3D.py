@@ -59,7 +59,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
-from torch import autocast, nn
+from torch import nn
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
@@ -72,11 +72,12 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from sam3d_nnunet.inference.prompted_predictor import (ClassPrompt, PromptedPredictor, protocol_prompts_from_label,
                                                        raw_to_preprocessed_coords)
+from sam3d_nnunet.model.precision import autocast as precision_autocast
+from sam3d_nnunet.model.precision import resolve_precision
 from sam3d_nnunet.prompts.simulation import add_correction_clicks, protocol_clicks, simulate_training_prompts
 
 
@@ -106,6 +107,9 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     sam_weight_decay: float = 0.0
     lr_decay_exponent: float = 1.0  # 1.0 = linear decay to 0 over num_epochs
     grad_clip: float = 1.0
+    # 'auto': bf16 autocast where the hardware has fast bf16 (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp32
+    # elsewhere; bf16 needs no GradScaler. 'fp32' / 'bf16' force it. Validation predicts at the same precision.
+    precision: str = "auto"
 
     # ---- click simulation ------------------------------------------------------------------------
     max_positive_clicks: int = 10
@@ -130,6 +134,8 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
         self.num_val_iterations_per_epoch = self.sam_val_iterations_per_epoch
         self.save_every = self.sam_save_every
         self.enable_deep_supervision = False
+        if resolve_precision(self.precision, self.device) == "bf16":
+            self.grad_scaler = None  # nnU-Net's fp16 loss scaling is not needed in bf16
         if self.label_manager.has_regions:
             raise NotImplementedError("region-based training is not supported by the SAM3D trainers")
         self.prompt_rng = np.random.default_rng(self._rng_seed(0))
@@ -211,7 +217,7 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
-        return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+        return precision_autocast(self.device, self.precision)
 
     def _prompted_forward(self, data: torch.Tensor, target: torch.Tensor, correction: bool):
         """Clicks from the augmented target, optional correction pass; returns (logits, binary target)."""
@@ -243,7 +249,7 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                 data = data.to(self.device, non_blocking=True)
                 target = target.to(self.device, non_blocking=True)
                 output = self.network(data)  # automatic: multi-class logits for every class
-            loss = self.loss(output, target)
+            loss = self.loss(output.float(), target)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -286,7 +292,7 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                 bin_t = (target == c).to(target.dtype)
                 if ignore is not None:
                     bin_t = torch.where(target == ignore, torch.full_like(target, ignore), bin_t)
-                losses.append(self.loss(logits, bin_t))
+                losses.append(self.loss(logits.float(), bin_t))
                 p_c = torch.softmax(logits.float(), 1)[:, 1]
                 # a class without any click in a sample is not predicted there (as in the final validation)
                 probs[:, i] = p_c * (labels[:, 0] == 1).to(self.device).view(-1, *[1] * (p_c.ndim - 1))
@@ -338,7 +344,7 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                                  max_windows_per_class=self.max_windows_per_class,
                                  use_mirroring=self.val_use_mirroring,
                                  allowed_mirroring_axes=self.inference_allowed_mirroring_axes,
-                                 trainer_name=self.__class__.__name__)
+                                 trainer_name=self.__class__.__name__, precision=self.precision)
 
     def validation_prompts(self, case_id: str, properties: dict, preprocessed_shape) -> tuple:
         """(prompts in preprocessed coordinates, the same clicks in raw voxel indices as JSON-able dict)."""

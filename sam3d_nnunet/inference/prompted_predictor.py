@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sam3d_nnunet.model.precision import autocast as precision_autocast
 from sam3d_nnunet.prompts.simulation import case_class_seed, protocol_clicks
 
 
@@ -126,7 +127,7 @@ class PromptedPredictor:
                  use_gaussian: bool = True, tile_step_size: float = 0.5, use_mirroring: bool = False,
                  allowed_mirroring_axes: Optional[Tuple[int, ...]] = None, trainer_name: str = "nnUNetTrainerSAM3D",
                  feature_cache_size: int = 8, list_of_parameters: Optional[List[dict]] = None,
-                 verbose: bool = False):
+                 verbose: bool = False, precision: str = "auto"):
         self.network = network
         self.plans_manager = plans_manager
         self.configuration_manager = configuration_manager
@@ -143,6 +144,7 @@ class PromptedPredictor:
         self.feature_cache_size = feature_cache_size
         self.list_of_parameters = list_of_parameters
         self.verbose = verbose
+        self.precision = precision  # 'auto': bf16 autocast where bf16 is fast (sam3d_nnunet.model.precision)
         self.patch_size = tuple(int(p) for p in configuration_manager.patch_size)
         self.last_report: Optional[PredictionReport] = None
 
@@ -182,8 +184,7 @@ class PromptedPredictor:
         if isinstance(data, np.ndarray):
             data = torch.from_numpy(np.ascontiguousarray(data))
         data = data.float()
-        amp = torch.autocast("cuda", enabled=True) if self.device.type == "cuda" else contextlib.nullcontext()
-        with amp:
+        with precision_autocast(self.device, self.precision):
             if self.list_of_parameters is None or len(self.list_of_parameters) <= 1:
                 return self._predict_one(data, prompts)
             acc = None
