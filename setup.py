@@ -23,12 +23,14 @@ setup(
         "sam3d_nnunet.trainers",
         "sam3d_nnunet.trainers.nnunet_ext",
         "sam3d_nnunet.inference",
+        "sam3d_nnunet.napari_plugin",
     ],
     package_dir={
         "sam3d_nnunet": "sam3d_nnunet",
         "sam3d_nnunet.planners": "planners",
         "sam3d_nnunet.trainers": "trainers",
     },
+    package_data={"sam3d_nnunet.napari_plugin": ["napari.yaml"]},
     install_requires=[
         "torch>=2.1",
         "nnunetv2==2.8.1",
@@ -42,6 +44,13 @@ setup(
         "tqdm>=4.60",
         "nibabel>=5.0",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
-    entry_points={"console_scripts": ["sam3d-nnunet=sam3d_nnunet.cli:main"]},
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6"],
+        # the napari plug-in (sam3d_nnunet/napari_plugin); never needed by the core package or the command line
+        "napari": ["napari>=0.5", "PyQt6>=6.5", "pytest-qt>=4"],
+    },
+    entry_points={
+        "console_scripts": ["sam3d-nnunet=sam3d_nnunet.cli:main"],
+        "napari.manifest": ["sam3d_nnunet = sam3d_nnunet.napari_plugin:napari.yaml"],
+    },
 )
