@@ -24,6 +24,7 @@ setup(
         "sam3d_nnunet.trainers.nnunet_ext",
         "sam3d_nnunet.inference",
         "sam3d_nnunet.napari_plugin",
+        "sam3d_nnunet.benchmark",
     ],
     package_dir={
         "sam3d_nnunet": "sam3d_nnunet",

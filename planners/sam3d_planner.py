@@ -1,9 +1,28 @@
 """``SAM3DPlanner``: nnU-Net experiment planning for the SAM 3D adapter network.
 
-What it keeps from nnU-Net (inherited, unchanged): the dataset fingerprint, the 3d_fullres target spacing
-(median spacing, with nnU-Net's anisotropy rule), the axis transpose, resampling functions, and the intensity
-normalisation chosen from ``channel_names`` (``CT`` -> percentile clip + z-score from the fingerprint,
-anything else -> per-image z-score). Preprocessing runs through nnU-Net's ``DefaultPreprocessor``.
+What it keeps from nnU-Net (inherited, unchanged): the dataset fingerprint, the axis transpose, resampling
+functions, and the intensity normalisation chosen from ``channel_names`` (``CT`` -> percentile clip + z-score
+from the fingerprint, anything else -> per-image z-score). Preprocessing runs through nnU-Net's
+``DefaultPreprocessor``.
+
+Target spacing (``decide_target_spacing``; one line is printed and the decision is stored in
+``plans['sam3d']['spacing']``). ``r`` = largest / smallest axis of the dataset's MEDIAN spacing:
+
+* ``-overwrite_target_spacing`` given: that spacing (the user decides);
+* ``r > anisotropy_threshold`` (nnU-Net's, 3): thick-slice data. nnU-Net's 3d_fullres target spacing is kept
+  (the median, or nnU-Net's 10th percentile along the thick axis); resampling to isotropic voxels would
+  interpolate about ``r - 1`` of every ``r`` slices and multiply the voxel count by ``r``. The token stride
+  along the thick axis is lowered instead (``choose_token_stride``, e.g. ``[1, 4, 4]`` at 3.3 x 1 x 1 mm), so
+  tokens stay about isotropic in mm;
+* ``r <= 3``: isotropic resampling to the finest axis of the median spacing (the paper's choice of
+  isotropic voxels; at most 3x the voxels of nnU-Net's median spacing), one token stride for every axis.
+  Isotropic data (``r`` = 1) are unchanged by this rule.
+
+Also recorded in ``plans['sam3d']``: ``input_channels`` (how the dataset's channels reach SAM's three RGB
+inputs, ``sam3d_nnunet.model.channel_mixer``: 1 repeated, 2 -> (c0, c1, mean), 3 direct, more than 3 a
+trainable 1x1x1 mixer initialised to the channel mean) and ``labels`` (foreground classes, ignore label). A
+region-based dataset (``regions_class_order``, labels given as lists) is refused when the planner is created:
+the SAM3D trainers prompt one integer class at a time.
 
 What it chooses for the ViT (the ``3d_fullres`` configuration only; 2d and 3d_lowres are not planned, since a
 windowed 3D ViT has no use for them and the cascade needs a U-Net):
@@ -153,6 +172,125 @@ class SAM3DPlanner(ExperimentPlanner):
         self.sam_checkpoint = sam_checkpoint
         self.finetune = finetune
         self.memory_target_gb = float(gpu_memory_target_in_gb)
+        self.refuse_unsupported_labels()
+        self.spacing_decision: Optional[dict] = None
+
+    # ------------------------------------------------------------------ labels and channels
+    def refuse_unsupported_labels(self) -> None:
+        """Region-based datasets are refused (clear message); an ``ignore`` label is supported."""
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+        labels = self.dataset_json.get('labels', {})
+        regions = [k for k, v in labels.items() if isinstance(v, (list, tuple)) and len(v) > 1]
+        if regions or self.dataset_json.get('regions_class_order') is not None:
+            raise ValueError(
+                f"SAM3DPlanner: dataset {self.dataset_name} is region-based (regions_class_order "
+                f"{self.dataset_json.get('regions_class_order')}, labels given as lists of values: {regions}). The "
+                f"SAM3D network is prompted for ONE integer class at a time and its trainers do not support "
+                f"nnU-Net's region-based training; write the labels as plain integer classes (one label value per "
+                f"class) or plan this dataset with nnU-Net's own planner.")
+        LabelManager(labels, None)  # nnU-Net's own checks (e.g. the ignore label must be the highest value)
+
+    def label_record(self) -> dict:
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+        lm = LabelManager(self.dataset_json['labels'], None)
+        return {
+            'foreground_labels': [int(i) for i in lm.foreground_labels],
+            'num_classes_with_background': int(lm.num_segmentation_heads),
+            'ignore_label': None if lm.ignore_label is None else int(lm.ignore_label),
+            'prompting': 'one foreground class per prompt; training draws the target class uniformly over the '
+                         'classes present in the patch (sam3d_nnunet.prompts.simulation.sample_training_prompt); '
+                         'voxels of the ignore label are never clicked and are masked out of the loss and metrics',
+        }
+
+    def channel_record(self) -> dict:
+        names = self.dataset_json.get('channel_names', self.dataset_json.get('modality', {}))
+        n = len(names)
+        if n == 1:
+            mapping, text = 'repeat', 'the one channel is repeated into SAM\'s 3 RGB inputs (fixed)'
+        elif n == 2:
+            mapping, text = 'c0_c1_mean', 'SAM\'s 3 inputs are (channel 0, channel 1, mean of both) (fixed)'
+        elif n == 3:
+            mapping, text = 'direct', 'the 3 channels are SAM\'s 3 inputs, in order (fixed)'
+        else:
+            mapping, text = ('trainable_mixer', f'a trainable 1x1x1 mixing {n} -> 3 channels, initialised to the '
+                                                f'mean of the {n} channels in each of SAM\'s 3 inputs')
+        return {'count': n, 'names': {str(k): v for k, v in names.items()}, 'mapping': mapping, 'description': text,
+                'module': 'sam3d_nnunet.model.channel_mixer.InputChannelMixer'}
+
+    # ------------------------------------------------------------------ spacing
+    def nnunet_target_spacing(self) -> np.ndarray:
+        """nnU-Net's own 3d_fullres target spacing (median; 10th percentile along a thick axis), or the user's."""
+        return np.asarray(super().determine_fullres_target_spacing(), dtype=float)
+
+    def decide_target_spacing(self) -> dict:
+        """The target spacing rule of the module docstring; spacings in the raw (untransposed) axis order."""
+        median = np.median(np.vstack(self.dataset_fingerprint['spacings']), 0).astype(float)
+        nnunet = self.nnunet_target_spacing()
+        ratio = float(median.max() / median.min())
+        threshold = float(self.anisotropy_threshold)
+        if self.overwrite_target_spacing is not None:
+            decision, target = 'user', nnunet
+        elif ratio > threshold:
+            decision, target = 'nnunet_anisotropic', nnunet
+        else:
+            decision, target = 'isotropic', np.full(3, float(median.min()))
+        return {'decision': decision, 'median_spacing': median, 'nnunet_target_spacing': nnunet,
+                'target_spacing': target, 'anisotropy_ratio': ratio, 'anisotropy_threshold': threshold}
+
+    def determine_fullres_target_spacing(self) -> np.ndarray:
+        return np.asarray(self.decide_target_spacing()['target_spacing'], dtype=float)
+
+    def determine_transpose(self):
+        """nnU-Net's rule (coarsest axis first), applied to nnU-Net's target spacing whatever spacing is chosen."""
+        if self.suppress_transpose:
+            return [0, 1, 2], [0, 1, 2]
+        max_spacing_axis = int(np.argmax(self.nnunet_target_spacing()))
+        transpose_forward = [max_spacing_axis] + [i for i in range(3) if i != max_spacing_axis]
+        transpose_backward = [int(np.argwhere(np.array(transpose_forward) == i)[0][0]) for i in range(3)]
+        return transpose_forward, transpose_backward
+
+    def spacing_record(self, transpose_forward: Sequence[int]) -> dict:
+        """The decision in the plans' (transposed) axis order, with the token stride and token size, and the
+        one-line message the planner prints."""
+        d = self.decide_target_spacing()
+        tf = list(transpose_forward)
+        med, nn_t, tgt = (np.asarray(d[k])[tf] for k in ('median_spacing', 'nnunet_target_spacing',
+                                                           'target_spacing'))
+        strides = self.choose_token_stride(tgt)
+        token_mm = [float(s * t) for s, t in zip(strides, tgt)]
+
+        def fmt(v):
+            return '(' + ', '.join(f'{float(x):.3g}' for x in v) + ')'
+
+        tokens = f"token stride {fmt(strides)} -> tokens of {' x '.join(f'{t:.2g}' for t in token_mm)} mm"
+        r, thr = d['anisotropy_ratio'], d['anisotropy_threshold']
+        if d['decision'] == 'user':
+            msg = (f"SAM3DPlanner: target spacing {fmt(tgt)} mm set by -overwrite_target_spacing (median spacing "
+                   f"{fmt(med)} mm, ratio {r:.2g}); {tokens}")
+        elif d['decision'] == 'nnunet_anisotropic':
+            msg = (f"SAM3DPlanner: median spacing {fmt(med)} mm is anisotropic (ratio {r:.2g} > {thr:g}): keeping "
+                   f"nnU-Net's target spacing {fmt(nn_t)} and {tokens}")
+        elif r > 1.0 + 1e-3:
+            msg = (f"SAM3DPlanner: median spacing {fmt(med)} mm is not anisotropic (ratio {r:.2g} <= {thr:g}): "
+                   f"resampling isotropically to {fmt(tgt)} mm (the paper's choice; nnU-Net's target spacing would "
+                   f"be {fmt(nn_t)}), {tokens}")
+        else:
+            msg = f"SAM3DPlanner: median spacing {fmt(med)} mm is isotropic: target spacing {fmt(tgt)}, {tokens}"
+        return {
+            'decision': d['decision'],
+            'rule': f"median spacing ratio (largest / smallest axis) > {thr:g} (nnU-Net's anisotropy threshold): "
+                    f"nnU-Net's target spacing + per-axis token stride; otherwise isotropic resampling to the finest "
+                    f"median axis; -overwrite_target_spacing wins",
+            'axis_order': 'plans (transposed) axis order, like configurations.3d_fullres.spacing',
+            'median_spacing': [float(x) for x in med],
+            'anisotropy_ratio': round(float(r), 4),
+            'anisotropy_threshold': float(thr),
+            'nnunet_target_spacing': [float(x) for x in nn_t],
+            'target_spacing': [float(x) for x in tgt],
+            'token_stride': [int(x) for x in strides],
+            'token_size_mm': [round(t, 4) for t in token_mm],
+            'message': msg,
+        }
 
     # ------------------------------------------------------------------ choices for the ViT
     def variant_arch_defaults(self) -> dict:
@@ -264,6 +402,11 @@ class SAM3DPlanner(ExperimentPlanner):
             loud_warning("SAM3DPlanner: no SAM checkpoint given (--sam-checkpoint); the plans record null and "
                          "training will start the ViT from RANDOM weights (fine for tests, poor for real use).")
         transpose_forward, transpose_backward = self.determine_transpose()
+        self.spacing_decision = self.spacing_record(transpose_forward)
+        channels, labels = self.channel_record(), self.label_record()
+        print(self.spacing_decision['message'], flush=True)
+        print(f"SAM3DPlanner: {channels['count']} input channel(s) {list(channels['names'].values())}: "
+              f"{channels['description']}", flush=True)
         fullres_spacing = self.determine_fullres_target_spacing()
         fullres_spacing_transposed = fullres_spacing[transpose_forward]
         new_shapes = [compute_new_shape(j, i, fullres_spacing) for i, j in
@@ -299,6 +442,9 @@ class SAM3DPlanner(ExperimentPlanner):
                 'sam_checkpoint': self.sam_checkpoint,
                 'gpu_memory_target_gb': self.memory_target_gb,
                 'estimated_training_memory_gb': round(self._last_memory_estimate_gb, 2),
+                'spacing': self.spacing_decision,
+                'input_channels': channels,
+                'labels': labels,
                 'note': '2d and 3d_lowres are not planned for the SAM 3D adapter (3d_fullres only).',
             },
         }

@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "plan_and_preprocess": "sam3d_nnunet.commands.plan_and_preprocess",
     "ext-trainer-dir": "sam3d_nnunet.commands.ext_trainer_dir",
     "convert": "sam3d_nnunet.commands.convert",
+    "benchmark": "sam3d_nnunet.commands.benchmark",
+    "demo": "sam3d_nnunet.commands.demo",
     "predict": "sam3d_nnunet.commands.predict",
 }
 

@@ -16,6 +16,19 @@ Sizes, positions and the tumour's appearance vary per case; everything is drawn 
 see it); an anisotropic value such as ``(2.5, 0.8, 0.8)`` gives thick slices along axis 0. Shapes of
 48^3 to 64^3 voxels keep nnU-Net's planning, preprocessing and a few training iterations within
 seconds on a CPU.
+
+Other kinds of dataset, from the same anatomy (``generate_phantom_dataset`` keywords):
+
+* ``channel_names`` (default ``("CT",)``): several co-registered channels, e.g. MRI-like sequences
+  ``("T1", "T2")`` or ``("T1", "T1c", "T2", "FLAIR")``. Each MRI channel gives air, body, organ and tumour
+  their own non-negative intensity (``MRI_CONTRASTS``; unknown names get seeded random contrasts), so
+  the channels carry different information (e.g. the tumour is dark in T1 and bright in T2); ``CT`` is
+  the CT image itself. The one-channel CT dataset is byte-identical to what earlier versions wrote.
+* ``n_classes`` (default None: organ 1 + tumour 2): ``n_classes`` small spheres ("structure_01" ..),
+  one per class, each with its own intensity, for datasets with many labels.
+* ``ignore_label``: an ``ignore`` label (value = highest class + 1) covering the voxels of the last
+  quarter of the slices along axis 0 that are not background: "not annotated there", nnU-Net's
+  sparse-annotation convention.
 """
 from __future__ import annotations
 
@@ -26,6 +39,15 @@ from typing import Sequence
 import numpy as np
 
 LABELS = {"background": 0, "organ": 1, "tumour": 2}
+
+# MRI-like sequences: intensity of (air, body, organ, tumour), arbitrary units >= 0
+MRI_CONTRASTS = {
+    "T1": (0.0, 400.0, 600.0, 300.0),
+    "T1c": (0.0, 400.0, 650.0, 900.0),
+    "T2": (0.0, 350.0, 250.0, 700.0),
+    "FLAIR": (0.0, 300.0, 350.0, 650.0),
+    "PD": (0.0, 500.0, 550.0, 600.0),
+}
 
 
 def _ellipsoid(shape, centre, radii) -> np.ndarray:
@@ -98,14 +120,64 @@ def make_phantom_case(shape: Sequence[int], spacing: Sequence[float], rng: np.ra
     return image, label
 
 
+def mri_channel(label: np.ndarray, body: np.ndarray, name: str, spacing: Sequence[float],
+                rng: np.random.Generator) -> np.ndarray:
+    """One MRI-like channel (int16, >= 0) of a phantom's anatomy: tissue intensities from ``MRI_CONTRASTS``
+    (organ = label 1, tumour = any label >= 2), blurred, with Rician-like noise."""
+    from scipy.ndimage import gaussian_filter
+    air, tissue, organ, tumour = MRI_CONTRASTS.get(name) or tuple([0.0] + list(rng.uniform(100, 900, 3)))
+    img = np.full(label.shape, air, dtype=np.float32)
+    img[body] = tissue * rng.uniform(0.95, 1.05)
+    img[label == 1] = organ * rng.uniform(0.95, 1.05)
+    img[label >= 2] = tumour * rng.uniform(0.95, 1.05)
+    spacing = np.asarray(spacing, dtype=float)
+    img = gaussian_filter(img, sigma=0.6 / (spacing / spacing.min()))
+    sigma = 0.04 * max(tissue, organ, tumour)
+    img = np.hypot(img + rng.normal(0.0, sigma, label.shape), rng.normal(0.0, sigma, label.shape))
+    return np.clip(np.round(img), 0, 32767).astype(np.int16)
+
+
+def make_many_class_case(shape: Sequence[int], spacing: Sequence[float], n_classes: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(CT-like image int16, label uint8/uint16): a body with ``n_classes`` small spheres, class k at its own
+    intensity (20 + 25 k HU), placed on a jittered grid so that they do not touch."""
+    from scipy.ndimage import gaussian_filter
+    shape = tuple(int(s) for s in shape)
+    spacing = np.asarray(spacing, dtype=float)
+    extent = np.asarray(shape, dtype=float)
+    body = _ellipsoid(shape, extent / 2, 0.47 * extent)
+    image = np.full(shape, -1000.0, dtype=np.float32)
+    image[body] = rng.normal(0.0, 5.0)
+    label = np.zeros(shape, dtype=np.uint8 if n_classes < 255 else np.uint16)
+    per_axis = int(np.ceil(n_classes ** (1 / 3)))
+    grid = [(i, j, k) for i in range(per_axis) for j in range(per_axis) for k in range(per_axis)]
+    cells = [grid[i] for i in rng.permutation(len(grid))[:n_classes]]
+    cell = 0.6 * extent / per_axis  # the grid spans the central 60% of the image, inside the body
+    radius = max(1.0, float(0.3 * cell.min()))
+    for c, idx in enumerate(cells, start=1):
+        centre = 0.2 * extent + (np.asarray(idx) + 0.5) * cell + rng.uniform(-0.1, 0.1, 3) * cell
+        m = _ellipsoid(shape, centre, radius * rng.uniform(0.85, 1.15, 3)) & body
+        if not m.any():
+            m[tuple(int(v) for v in np.clip(np.round(centre), 0, extent - 1))] = True
+        image[m] = 20.0 + 25.0 * c + rng.normal(0.0, 3.0)
+        label[m] = c
+    image = gaussian_filter(image, sigma=0.6 / (spacing / spacing.min()))
+    image += rng.normal(0.0, 8.0, shape).astype(np.float32)
+    return np.clip(np.round(image), -1024, 3071).astype(np.int16), label
+
+
 def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, name: str = "Phantoms",
                              n_cases: int = 10, shape: Sequence[int] = (48, 48, 48), seed: int = 0,
-                             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Path:
+                             spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
+                             channel_names: Sequence[str] = ("CT",), n_classes: int | None = None,
+                             ignore_label: bool = False) -> Path:
     """Write ``<raw_folder>/Dataset<ID>_<name>/`` (imagesTr, labelsTr, dataset.json) and return its path.
 
-    Case ``i`` is named ``<name lower-case>_<iii>``; its image ``imagesTr/<case>_0000.nii.gz`` has channel
-    name ``CT`` (so nnU-Net uses its CT normalisation: percentile clip + z-score); labels are background 0,
-    organ 1, tumour 2. Deterministic under (shape, spacing, seed, n_cases).
+    Case ``i`` is named ``<name lower-case>_<iii>``; by default its image ``imagesTr/<case>_0000.nii.gz`` has
+    channel name ``CT`` (so nnU-Net uses its CT normalisation: percentile clip + z-score); labels are
+    background 0, organ 1, tumour 2. ``channel_names`` (one file ``<case>_<XXXX>.nii.gz`` per channel, MRI-like
+    sequences or CT), ``n_classes`` (many small classes) and ``ignore_label`` make other kinds of dataset (see
+    the module docstring). Deterministic under (shape, spacing, seed, n_cases and these keywords).
     """
     import SimpleITK as sitk
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
@@ -114,25 +186,65 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
         raise ValueError(f"dataset_id must be in 1..999, got {dataset_id}")
     if len(shape) != 3 or len(spacing) != 3:
         raise ValueError("shape and spacing need three entries (array order)")
+    channel_names = [str(c) for c in channel_names]
+    if not channel_names:
+        raise ValueError("channel_names needs at least one channel")
+    if n_classes is not None and not 1 <= int(n_classes) <= 1000:
+        raise ValueError(f"n_classes must be in 1..1000, got {n_classes}")
     out = Path(raw_folder) / f"Dataset{int(dataset_id):03d}_{name}"
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     prefix = name.lower()
     sitk_spacing = tuple(float(s) for s in reversed(spacing))  # SimpleITK wants (x, y, z)
+    if n_classes is None:
+        labels = dict(LABELS)
+        description = "Synthetic phantoms (body, organs = 1, tumour = 2) made by sam3d_nnunet.phantoms"
+    else:
+        labels = {"background": 0, **{f"structure_{c:02d}": c for c in range(1, int(n_classes) + 1)}}
+        description = f"Synthetic phantoms with {n_classes} small spherical structures made by sam3d_nnunet.phantoms"
+    ignore_value = max(labels.values()) + 1 if ignore_label else None
+    if ignore_value is not None:
+        labels["ignore"] = ignore_value
+        description += "; label 'ignore' marks unannotated voxels (last quarter of the slices along axis 0)"
     for i in range(n_cases):
         rng = np.random.default_rng([int(seed), i])
-        image, label = make_phantom_case(shape, spacing, rng)
+        if n_classes is None:
+            image, label = make_phantom_case(shape, spacing, rng)
+        else:
+            image, label = make_many_class_case(shape, spacing, int(n_classes), rng)
+        body = image > -500
+        channels = [image]
+        if channel_names != ["CT"]:  # other channels from their own stream: the anatomy stays the same
+            crng = np.random.default_rng([int(seed), i, 1])
+            channels = [image if c == "CT" else mri_channel(label, body, c, spacing, crng) for c in channel_names]
+        if ignore_value is not None:
+            label = label.astype(np.uint8 if ignore_value < 255 else np.uint16)
+            cut = int(round(0.75 * label.shape[0]))
+            unannotated = np.zeros(label.shape, dtype=bool)
+            unannotated[cut:] = body[cut:]
+            label[unannotated] = ignore_value
         case = f"{prefix}_{i:03d}"
-        for arr, path in ((image, out / "imagesTr" / f"{case}_0000.nii.gz"),
-                          (label, out / "labelsTr" / f"{case}.nii.gz")):
+        files = [(arr, out / "imagesTr" / f"{case}_{k:04d}.nii.gz") for k, arr in enumerate(channels)]
+        files.append((label, out / "labelsTr" / f"{case}.nii.gz"))
+        for arr, path in files:
             itk = sitk.GetImageFromArray(arr)
             itk.SetSpacing(sitk_spacing)
             sitk.WriteImage(itk, str(path), useCompression=True)
-    generate_dataset_json(str(out), channel_names={0: "CT"}, labels=dict(LABELS), num_training_cases=n_cases,
-                          file_ending=".nii.gz", dataset_name=f"Dataset{int(dataset_id):03d}_{name}",
-                          description="Synthetic CT phantoms (body, organs = 1, tumour = 2) made by "
-                                      "sam3d_nnunet.phantoms; deterministic under the seed.",
+    if channel_names == ["CT"] and n_classes is None and not ignore_label:
+        # exactly what earlier versions wrote
+        description = ("Synthetic CT phantoms (body, organs = 1, tumour = 2) made by "
+                       "sam3d_nnunet.phantoms; deterministic under the seed.")
+    else:
+        description += "; deterministic under the seed."
+    extra = {}
+    if channel_names != ["CT"]:
+        extra["phantom_channels"] = channel_names
+    if n_classes is not None:
+        extra["phantom_n_classes"] = int(n_classes)
+    generate_dataset_json(str(out), channel_names={k: c for k, c in enumerate(channel_names)}, labels=labels,
+                          num_training_cases=n_cases, file_ending=".nii.gz",
+                          dataset_name=f"Dataset{int(dataset_id):03d}_{name}", description=description,
                           license="CC0 (synthetic)", reference="sam3d_nnunet.phantoms",
                           phantom_seed=int(seed), phantom_shape=[int(s) for s in shape],
-                          phantom_spacing=[float(s) for s in spacing])
+                          phantom_spacing=[float(s) for s in spacing], **extra)
     return out

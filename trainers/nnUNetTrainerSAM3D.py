@@ -337,6 +337,15 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                     os.remove(os.path.join(self.output_folder, name))
         super().on_train_start()
 
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's, after reading the file with ``weights_only=True`` (``sam3d_nnunet.validation``): a
+        checkpoint whose pickle would run code is refused (``--c``, ``--val``) before nnU-Net unpickles it."""
+        if isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            from sam3d_nnunet.validation import load_checkpoint_safely
+            load_checkpoint_safely(filename_or_checkpoint)
+            filename_or_checkpoint = os.fspath(filename_or_checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
+
     # ------------------------------------------------------------------ final (prompted) validation
     def make_predictor(self) -> PromptedPredictor:
         return PromptedPredictor(self._net(), self.plans_manager, self.configuration_manager, self.dataset_json,

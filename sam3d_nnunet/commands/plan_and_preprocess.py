@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"sam3d-nnunet plan_and_preprocess: SAM checkpoint {args.sam_checkpoint} does not exist",
                   file=sys.stderr)
             return 2
+    from sam3d_nnunet.validation import InputFileError, validate_raw_datasets
+    try:  # every raw image and label, before nnU-Net's fingerprint (sam3d_nnunet/validation.py)
+        validate_raw_datasets(args.d, num_workers=max(1, int(args.npfp or 1)))
+    except InputFileError as error:
+        print(f"sam3d-nnunet plan_and_preprocess: error: {error}", file=sys.stderr)
+        return 1
 
     original_find = api.recursive_find_python_class
 

@@ -235,13 +235,18 @@ def _simulated_source(labels_folder: str, cases: Dict[str, List[str]], predictor
 def _simulate_case(source: _Sources, case: str, predictor, image_shape, image_file: str) -> Dict[int, object]:
     from sam3d_nnunet.inference.io import ImageReadError, _quiet
     from sam3d_nnunet.inference.prompted_predictor import protocol_prompts_from_label
+    from sam3d_nnunet.validation import (allowed_label_values, check_image_file, check_label_values,
+                                         check_same_grid_files)
     label_file = os.path.join(source.labels_folder, case + predictor.dataset_json["file_ending"])
+    check_image_file(label_file, error=ImageReadError, what="label")  # complete, spacing > 0
+    check_same_grid_files(image_file, label_file, error=ImageReadError)  # clicks are voxel indices
     reader = predictor.plans_manager.image_reader_writer_class()
     try:
         with _quiet():
             seg, _ = reader.read_seg(label_file)
     except Exception as e:  # noqa: BLE001
         raise ImageReadError(f"cannot read label file '{label_file}': {e}") from e
+    check_label_values(seg, label_file, allowed_label_values(predictor.dataset_json["labels"]), error=ImageReadError)
     if tuple(seg.shape[1:]) != tuple(image_shape):
         raise ImageReadError(f"label file '{label_file}' has shape {tuple(seg.shape[1:])}, its image "
                              f"'{image_file}' {tuple(image_shape)}")
@@ -283,6 +288,8 @@ def predict_folder(predictor, input_folder: str, output_folder: str, *, clicks_f
         raise InferenceInputError("give exactly one prompt source: --clicks, --simulate-clicks or --auto")
     pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
     ending = dj["file_ending"]
+    from sam3d_nnunet.validation import check_file_ending
+    check_file_ending(ending, "the model's dataset.json", error=InferenceInputError)  # output names use it
     if not predictor.prompted and not auto:
         raise InferenceInputError(f"the model ({predictor.trainer_name}) is prompt-free: it takes no clicks; use "
                                   f"--auto")

@@ -189,13 +189,17 @@ def check_nifti_complete(case: str, path: str, what: str) -> None:
 def read_sitk(case: str, path: str, what: str):
     """Read a whole image with SimpleITK, after checking that a NIfTI file is complete."""
     import SimpleITK as sitk
+    from sam3d_nnunet.validation import check_image_file, check_sitk_image
     if not os.path.isfile(path):
         raise ConversionError(f"case {case}: {what} file missing: {path}")
-    check_nifti_complete(case, path, what)
+    check_image_file(path, error=ConversionError, context=f"case {case}: ", what=what)  # complete, spacing > 0
     try:
-        return sitk.ReadImage(path)
+        image = sitk.ReadImage(path)
     except RuntimeError as e:
         raise ConversionError(f"case {case}: cannot read {what} {path}: {_error_text(e)}") from None
+    check_sitk_image(image, path, error=ConversionError, context=f"case {case}: ", require_3d=False,
+                     check_values=what == "image")  # finite intensities, spacing > 0
+    return image
 
 
 def _error_text(e: BaseException) -> str:

@@ -74,6 +74,8 @@ def read_segmentation(path: str) -> tuple[np.ndarray, Geometry]:
     """A label map as a (z, y, x) (or (y, x)) array and its geometry; EvaluationError if unreadable."""
     if not os.path.isfile(path):
         raise EvaluationError(f"file not found: {path}")
+    from sam3d_nnunet.validation import check_image_file, check_spacing
+    check_image_file(path, error=EvaluationError, what="segmentation")  # ITK zero-fills a truncated .nii.gz
     try:
         image = sitk.ReadImage(path)
         array = sitk.GetArrayFromImage(image)
@@ -85,6 +87,7 @@ def read_segmentation(path: str) -> tuple[np.ndarray, Geometry]:
     if image.GetDimension() not in (2, 3):
         raise EvaluationError(f"{path}: only 2D and 3D segmentations are supported, this image is "
                               f"{image.GetDimension()}D")
+    check_spacing(image.GetSpacing(), path, error=EvaluationError)  # the NSD measures in mm
     geometry = Geometry(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
                         tuple(image.GetDirection()))
     return array, geometry

@@ -59,7 +59,8 @@ def read_images(files: Sequence[PathLike], reader_writer_class=None) -> Tuple[np
             raise ImageReadError(f"image file '{f}' is not a regular file")
         if os.path.getsize(f) == 0:
             raise ImageReadError(f"cannot read image '{f}': the file is empty")
-        check_gzip_integrity(f)
+        from sam3d_nnunet.validation import check_image_file
+        check_image_file(f, error=ImageReadError, require_3d=True)  # complete gzip + NIfTI data, spacing > 0
     reader = _reader_instance(reader_writer_class)
     try:
         with _quiet():  # nnU-Net prints its own "ERROR!" lines before raising
@@ -319,16 +320,20 @@ def export_prediction_atomic(predicted, properties: dict, configuration_manager,
                 os.remove(tmp + suffix)
 
 
-def remove_stale_temporaries(folder: PathLike, name: str) -> int:
+def remove_stale_temporaries(folder: PathLike, name: str, min_age_s: float = 3600.0) -> int:
     """Remove the temporary files a killed run left for output ``name`` (a case id or file name) in ``folder``:
-    ``.<name>.<10 hex>.tmp*``, the names ``temporary_sibling`` and ``export_prediction_atomic`` use."""
+    ``.<name>.<10 hex>.tmp*``, the names ``temporary_sibling`` and ``export_prediction_atomic`` use. Only files
+    untouched for ``min_age_s`` seconds count as left behind: a younger one may belong to another process
+    writing the same output right now (two predictions into one folder), whose rename would then fail."""
     import re
+    import time
     pattern = re.compile(r"^\." + re.escape(name) + r"\.[0-9a-f]{10}\.tmp(\..*)?$")
     n = 0
     if not os.path.isdir(folder):
         return 0
     for entry in os.scandir(folder):
-        if pattern.match(entry.name) and entry.is_file():
+        if pattern.match(entry.name) and entry.is_file() and \
+                time.time() - entry.stat().st_mtime >= min_age_s:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(entry.path)
                 n += 1

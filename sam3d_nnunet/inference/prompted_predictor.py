@@ -165,6 +165,8 @@ class PromptedPredictor:
 
         base = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False,
                                use_mirroring=kwargs.get("use_mirroring", False))
+        from sam3d_nnunet.validation import check_model_checkpoints
+        check_model_checkpoints(model_folder, folds, checkpoint_name)  # weights_only: refuses pickled code
         with sam3d_trainers_visible():
             base.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
             trainer_class = recursive_find_trainer_class_by_name(base.trainer_name)

@@ -1,0 +1,99 @@
+"""Short-budget trainers for CPU runs (``sam3d-nnunet demo``, the CPU benchmarks of BENCHMARKS.md).
+
+nnU-Net finds trainers by class name; ``sam3d-nnunet demo`` writes a one-line shim module importing this module
+into ``<workdir>/ext_trainers`` and lists that folder in ``nnUNet_extTrainer`` next to ``sam3d-nnunet
+ext-trainer-dir``, so the stock ``nnUNetv2_train`` finds the classes while their ``__module__`` stays
+``sam3d_nnunet.benchmark.budget_trainers`` (any other run can do the same: see :func:`write_ext_trainer_shim`).
+
+The budget (epochs x iterations per epoch) is read from environment variables when a trainer is constructed, so
+one class serves every budget; nnU-Net records the values in ``fold_X/debug.json`` and the training log:
+
+==================================  ===============================================  ==========================
+class                               variables (default)                              what
+==================================  ===============================================  ==========================
+``nnUNetTrainer_budget``            ``SAM3D_BUDGET_NNUNET_EPOCHS`` (5),              nnU-Net's default trainer
+                                    ``SAM3D_BUDGET_NNUNET_ITERS`` (32)
+``nnUNetTrainer_budget_noTTA``      same                                             same, validation and
+                                                                                     inference without mirroring
+                                                                                     (training augmentation
+                                                                                     unchanged)
+``nnUNetTrainerSAM3D_budget``       ``SAM3D_BUDGET_SAM_EPOCHS`` (5),                 SAM3D adapters
+                                    ``SAM3D_BUDGET_SAM_ITERS`` (32)
+==================================  ===============================================  ==========================
+
+All validate on 2 batches per epoch and write ``checkpoint_latest.pth`` every epoch (``--c`` resumes).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D
+
+SHIM_MODULE = "sam3d_budget_ext_trainers.py"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return number
+
+
+def write_ext_trainer_shim(folder) -> Path:
+    """Write the one-line module that makes these trainers visible to nnU-Net when ``folder`` is listed in
+    ``nnUNet_extTrainer``; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = ('"""nnU-Net imports this folder (nnUNet_extTrainer) to find the short-budget trainers by name."""\n'
+            "from sam3d_nnunet.benchmark.budget_trainers import *  # noqa: F401,F403\n")
+    shim = folder / SHIM_MODULE
+    if not shim.is_file() or shim.read_text() != text:
+        tmp = folder / f".{SHIM_MODULE}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, shim)
+    return folder
+
+
+class nnUNetTrainer_budget(nnUNetTrainer):
+    """nnU-Net's default trainer with a short budget (see the module docstring)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = _env_int("SAM3D_BUDGET_NNUNET_EPOCHS", 5)
+        self.num_iterations_per_epoch = _env_int("SAM3D_BUDGET_NNUNET_ITERS", 32)
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 1
+
+
+class nnUNetTrainer_budget_noTTA(nnUNetTrainer_budget):
+    """As ``nnUNetTrainer_budget``, but validation/inference without test-time mirroring (8x cheaper in 3D;
+    the SAM3D predictor does not mirror either). Training augmentation keeps nnU-Net's mirroring."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return out
+
+
+class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
+    """The SAM3D adapter trainer with a short budget (see the module docstring)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = _env_int("SAM3D_BUDGET_SAM_EPOCHS", 5)
+        self.num_iterations_per_epoch = _env_int("SAM3D_BUDGET_SAM_ITERS", 32)
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 1
+
+
+__all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
+           "write_ext_trainer_shim"]

@@ -1,0 +1,201 @@
+"""``report.md`` of the benchmark: the paper's table (Dice / NSD in %, per class, per method and click count), plus
+NSD at every tolerance, the iterative-correction curves, per-case Dice and the plots."""
+from __future__ import annotations
+
+import math
+import os
+from typing import List, Optional
+
+from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name, iterative_protocol_name
+
+
+def _pct(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100.0 * float(v):.2f}"
+
+
+def _params(p: Optional[dict]) -> str:
+    if not p or p.get("tuned") is None:
+        return "n/a"
+    n = float(p["tuned"])
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
+
+
+def _seconds(t) -> str:
+    if t is None or (isinstance(t, float) and math.isnan(t)):
+        return "n/a"
+    return f"{float(t):.1f}" if t >= 10 else f"{float(t):.2f}"
+
+
+def nsd_key(t: float) -> str:
+    return f"NSD@{float(t):g}mm"
+
+
+def main_nsd_tolerance(results: dict) -> float:
+    """The NSD tolerance of the main table: 5 mm (the paper's) if evaluated, else the largest."""
+    tols = [float(t) for t in results["tolerances_mm"]]
+    return 5.0 if 5.0 in tols else max(tols)
+
+
+def table_rows(results: dict) -> List[dict]:
+    """Rows of the main table: (method key, protocol, label of the clicks column)."""
+    rows = []
+    base = results["methods"][results["baseline"]]
+    rows.append({"method": results["baseline"], "display": base["display"], "protocol": "nnunet",
+                 "clicks": "– (automatic)", "summary": base["summary"]["nnunet"], "params": base.get("parameters")})
+    for key in results["sam_methods"]:
+        m = results["methods"][key]
+        first = True
+        order = []
+        if AUTO in m["summary"]:
+            order.append((AUTO, "0 (automatic)"))
+        for k in results["clicks"]:
+            if clicks_protocol_name(k) in m["summary"]:
+                order.append((clicks_protocol_name(k), f"{k} random" if k > 1 else "1 random"))
+        n = results["iterative_steps"]
+        if n > 0 and iterative_protocol_name(n) in m["summary"]:
+            order.append((iterative_protocol_name(n), f"{n} iterative (final)"))
+        for proto, label in order:
+            rows.append({"method": key, "display": m["display"] if first else "", "protocol": proto,
+                         "clicks": label, "summary": m["summary"][proto],
+                         "params": m.get("parameters") if first else None, "first": first})
+            first = False
+    return rows
+
+
+def render_report(results: dict) -> str:
+    labels = results["labels"]
+    classes = list(labels)
+    tol = main_nsd_tolerance(results)
+    nk = nsd_key(tol)
+    base_key = results["baseline"]
+    n_cases = len(results["cases"])
+    lines = []
+    w = lines.append
+    w(f"# Benchmark: {results['dataset']}, {results['configuration']}, "
+      f"fold{'s' if len(results['folds']) > 1 else ''} {', '.join(str(f) for f in results['folds'])}")
+    w("")
+    w(f"{n_cases} validation case(s) of nnU-Net's `splits_final.json` "
+      f"({', '.join(f'fold {f}' for f in results['folds'])}), the same cases for every method (checked). "
+      f"nnU-Net's baseline is its own cross-validation output (`fold_X/validation`, test-time mirroring as "
+      f"trained); each SAM3D model predicts every case again over the whole volume, once per click protocol, "
+      f"with seeded clicks (seed {results['seed']}) drawn from the native ground truth. Scores against "
+      f"`gt_segmentations` in native geometry: nnU-Net's Dice and the normalised surface Dice (NSD) at the real "
+      f"spacing; mean over cases in %, a class absent from both reference and prediction is left out of the "
+      f"Dice mean (nnU-Net's convention). Device: {results.get('device', 'cpu')}.")
+    w("")
+    w(f"## Dice / NSD@{tol:g}mm (%), the paper's format")
+    w("")
+    head = ["method", "clicks per class"] + [f"{labels[c]} ({c})" for c in classes]
+    if len(classes) > 1:
+        head.append("mean")
+    head += ["tuned params", "s / case"]
+    w("| " + " | ".join(head) + " |")
+    w("|" + "---|" * len(head))
+    for r in table_rows(results):
+        s = r["summary"]
+        cells = [r["display"], r["clicks"]]
+        for c in classes:
+            cells.append(f"{_pct(s['mean'][c]['Dice'])} / {_pct(s['mean'][c][nk])}")
+        if len(classes) > 1:
+            cells.append(f"{_pct(s['foreground_mean']['Dice'])} / {_pct(s['foreground_mean'][nk])}")
+        cells += [_params(r["params"]) if r["params"] is not None else "", _seconds(s.get("time_per_case_s"))]
+        w("| " + " | ".join(cells) + " |")
+    w("")
+    w("Tuned params: parameters trained (SAM3D: adapters, necks, prompt encoder, decoder; the frozen SAM weights "
+      "are not counted; nnU-Net: all). s / case: wall time per case on this machine, preprocessing + prediction + "
+      "resampling to native geometry (nnU-Net: its predictor with default settings, timed on "
+      f"{results['methods'][base_key].get('timing', {}).get('n_cases', 'n/a')} case(s)).")
+    w("")
+
+    # NSD at every tolerance
+    tols = [float(t) for t in results["tolerances_mm"]]
+    w("## NSD at every tolerance (%)")
+    w("")
+    head = ["method", "clicks per class"] + [f"{labels[c]} NSD@{t:g}mm" for c in classes for t in tols]
+    w("| " + " | ".join(head) + " |")
+    w("|" + "---|" * len(head))
+    for r in table_rows(results):
+        s = r["summary"]
+        cells = [r["display"], r["clicks"]] + [_pct(s["mean"][c][nsd_key(t)]) for c in classes for t in tols]
+        w("| " + " | ".join(cells) + " |")
+    w("")
+
+    # iterative
+    n = results["iterative_steps"]
+    it_methods = [k for k in results["sam_methods"] if "iterative" in results["methods"][k]]
+    if n > 0 and it_methods:
+        w(f"## Iterative correction ({n} clicks per class): Dice (%) per step")
+        w("")
+        w("Step 1 is the 1-random-click prompt; every next click is placed at the centre of the largest error "
+          "region of the current prediction (native space, real spacing; positive for a missed region, negative for "
+          "a false positive). AUC: area under the Dice curve, the mean over the steps (in %, 100 = perfect from the "
+          "first click). nnU-Net's Dice is the same at every step.")
+        w("")
+        head = ["method", "class"] + [f"step {i}" for i in range(1, n + 1)] + ["AUC", "final Dice", f"final {nk}",
+                                                                               "nnU-Net Dice"]
+        w("| " + " | ".join(head) + " |")
+        w("|" + "---|" * len(head))
+        base = results["methods"][base_key]["summary"]["nnunet"]["mean"]
+        for key in it_methods:
+            it = results["methods"][key]["iterative"]
+            for i, c in enumerate(classes):
+                pc = it["per_class"][c]
+                cells = [results["methods"][key]["display"] if i == 0 else "", f"{labels[c]} ({c})"]
+                cells += [_pct(v) for v in pc["mean_curve"]["Dice"]]
+                cells += [_pct(pc["auc"]["Dice"]), _pct(pc["final"]["Dice"]), _pct(pc["final"][nk]),
+                          _pct(base[c]["Dice"])]
+                w("| " + " | ".join(cells) + " |")
+        w("")
+
+    # per case
+    w("## Dice per case (%)")
+    w("")
+    first_k = results["clicks"][0] if results["clicks"] else None
+    cols = [(base_key, "nnunet", "nnU-Net")]
+    for key in results["sam_methods"]:
+        m = results["methods"][key]
+        short = m["trainer"].replace("nnUNetTrainer", "") or m["trainer"]
+        if first_k is not None and clicks_protocol_name(first_k) in m["summary"]:
+            cols.append((key, clicks_protocol_name(first_k), f"{short} {first_k} click{'s' if first_k > 1 else ''}"))
+        if n > 0 and iterative_protocol_name(n) in m["summary"]:
+            cols.append((key, iterative_protocol_name(n), f"{short} iterative {n}"))
+        if AUTO in m["summary"]:
+            cols.append((key, AUTO, f"{short} automatic"))
+    head = ["case", "fold"] + [f"{label}: {labels[c]}" for _, _, label in cols for c in classes]
+    w("| " + " | ".join(head) + " |")
+    w("|" + "---|" * len(head))
+    for case in sorted(results["cases"]):
+        cells = [case, str(results["cases"][case]["fold"])]
+        for key, proto, _ in cols:
+            pc = results["methods"][key]["per_case"].get(case, {}).get("protocols", {}).get(proto)
+            for c in classes:
+                cells.append(_pct(pc["metrics"][c]["Dice"]) if pc else "–")
+        w("| " + " | ".join(cells) + " |")
+    w("")
+
+    plots = results.get("plots") or {}
+    if plots:
+        w("## Plots")
+        w("")
+        for name, rel in plots.items():
+            w(f"- {name}: ![{name}]({rel})")
+        w("")
+    w("## Protocols")
+    w("")
+    for name, text in results["protocols"].items():
+        w(f"- `{name}`: {text}")
+    w("")
+    w("Everything per case (clicks in raw voxel indices, per-step scores, timings, prediction files) is in "
+      "`results.json`; the predictions are under `predictions/`.")
+    w("")
+    return "\n".join(lines)
+
+
+def write_report(results: dict, path: str) -> None:
+    from sam3d_nnunet.benchmark.runner import _atomic_write_text
+    _atomic_write_text(path, render_report(results))
+
+
+__all__ = ["render_report", "write_report", "table_rows", "main_nsd_tolerance"]

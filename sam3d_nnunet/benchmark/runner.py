@@ -1,0 +1,704 @@
+"""The cross-validation benchmark: SAM3D models under seeded click protocols against nnU-Net's baseline.
+
+Inputs are finished nnU-Net cross-validation runs of one dataset and configuration:
+
+* the baseline (``TRAINER:PLANS``, e.g. ``nnUNetTrainer:nnUNetPlans``): its ``fold_X/validation/*`` from
+  ``nnUNetv2_train`` (nnU-Net's own validation, test-time mirroring as trained), scored as they are;
+* one or more SAM3D models (``nnUNetTrainerSAM3D...:SAM3DPlans``): every validation case of every fold is
+  predicted again over the whole volume by :class:`sam3d_nnunet.inference.PromptedPredictor` (that fold's
+  ``checkpoint_final.pth``) under each protocol of :mod:`sam3d_nnunet.benchmark.protocols`.
+
+Fairness: the folds are nnU-Net's ``splits_final.json`` of the preprocessed dataset, and every method's
+``fold_X/validation`` must hold exactly that fold's validation cases; otherwise the benchmark refuses
+(:class:`BenchmarkError`) instead of comparing different cases. Every prediction is scored against
+``nnUNet_preprocessed/<dataset>/gt_segmentations`` (native geometry) with
+:func:`sam3d_nnunet.evaluation.compute_case_metrics` (nnU-Net's Dice, NSD at the real spacing).
+
+Prediction path (the one of ``PromptedPredictor.predict_raw_case``, with the preprocessing done once per case
+and model and reused by all protocols): nnU-Net's preprocessor on the raw images, clicks given in raw voxel
+indices and mapped by ``raw_to_preprocessed_coords``, ``predict_preprocessed``, nnU-Net's
+``convert_predicted_logits_to_segmentation_with_correct_shape`` back to native geometry, written by the plans'
+reader/writer. Files land in ``OUTPUT_DIR/predictions/<trainer>__<plans>__<configuration>/<protocol>/`` next to a
+JSON sidecar (clicks, checkpoint identity, timings); a rerun reuses a prediction whose sidecar matches.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from sam3d_nnunet.benchmark.protocols import (AUTO, add_correction_clicks_native, area_under_curve,
+                                              clicks_protocol_name, iterative_protocol_name, nested_click_prompts,
+                                              prompts_from_json, prompts_key, prompts_to_json)
+
+RESULTS_VERSION = 1
+
+
+class BenchmarkError(Exception):
+    """Bad input (missing run, folds that differ between methods, ...); the command prints it and exits 1."""
+
+
+# ------------------------------------------------------------------------------------------ specification
+@dataclass(frozen=True)
+class MethodSpec:
+    trainer: str
+    plans: str
+    configuration: str
+    kind: str  # "sam3d" or "baseline"
+
+    @classmethod
+    def parse(cls, text: str, configuration: str, kind: str) -> "MethodSpec":
+        parts = text.split(":")
+        if len(parts) != 2 or not all(parts):
+            raise BenchmarkError(f"expected TRAINER:PLANS, got {text!r} (e.g. nnUNetTrainerSAM3D:SAM3DPlans)")
+        return cls(parts[0], parts[1], configuration, kind)
+
+    @property
+    def key(self) -> str:
+        return f"{self.trainer}__{self.plans}__{self.configuration}"
+
+    @property
+    def display(self) -> str:
+        return f"{'nnU-Net' if self.kind == 'baseline' else 'SAM3D'} ({self.trainer})"
+
+
+@dataclass
+class BenchmarkConfig:
+    dataset: str
+    configuration: str = "3d_fullres"
+    folds: Sequence[int] = (0, 1, 2, 3, 4)
+    sam: Sequence[str] = ()
+    baseline: str = "nnUNetTrainer:nnUNetPlans"
+    clicks: Sequence[int] = (1, 3, 10)
+    iterative: int = 5
+    auto: bool = True
+    seed: int = 0
+    output_dir: Optional[str] = None
+    device: str = "cpu"
+    tolerances_mm: Sequence[float] = (1.0, 2.0, 5.0)
+    baseline_timing_cases: int = 2
+    progress: bool = True
+    plots: bool = True
+    checkpoint_name: str = "checkpoint_final.pth"
+
+
+@dataclass
+class _Paths:
+    dataset_name: str
+    raw: str
+    preprocessed: str
+    results: str
+    gt_folder: str
+    output: str
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+def _atomic_write_text(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path: str, data) -> None:
+    _atomic_write_text(path, json.dumps(_json_safe(data), indent=1, sort_keys=False) + "\n")
+
+
+def _json_safe(obj):
+    """NaN -> None, numpy scalars -> Python, tuple keys -> strings (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def _nanmean(values) -> float:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _checkpoint_identity(path: str) -> dict:
+    st = os.stat(path)
+    return {"file": os.path.abspath(path), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _load_json(path: str, what: str) -> dict:
+    if not os.path.isfile(path):
+        raise BenchmarkError(f"{what} not found: {path}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _nnunet_folder(var: str) -> str:
+    """``$nnUNet_raw`` / ``$nnUNet_preprocessed`` / ``$nnUNet_results`` as set NOW (nnunetv2.paths reads them once,
+    at its import; the environment wins so that the Python API follows a changed environment)."""
+    value = os.environ.get(var)
+    if not value:
+        from nnunetv2 import paths as nn_paths
+        value = getattr(nn_paths, var, None)
+    if not value:
+        raise BenchmarkError(f"environment variable {var} is not set")
+    return value
+
+
+def dataset_name(dataset: str, roots: Sequence[str]) -> str:
+    """``DatasetXXX_Name`` from a name or an id, looked up in the nnU-Net folders ``roots``."""
+    text = str(dataset)
+    if text.startswith("Dataset"):
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        raise BenchmarkError(f"dataset must be an id or DatasetXXX_Name, got {dataset!r}") from None
+    prefix = f"Dataset{number:03d}_"
+    found = sorted({d for root in roots if os.path.isdir(root) for d in os.listdir(root)
+                    if d.startswith(prefix) and os.path.isdir(os.path.join(root, d))})
+    if len(found) != 1:
+        raise BenchmarkError(f"dataset id {number}: {'no' if not found else 'several'} matching folder(s) "
+                             f"{found} in {list(roots)}")
+    return found[0]
+
+
+def _resolve_paths(dataset: str, output_dir: Optional[str]) -> _Paths:
+    raw_root, pre_root, res_root = (_nnunet_folder(v) for v in ("nnUNet_raw", "nnUNet_preprocessed",
+                                                                 "nnUNet_results"))
+    name = dataset_name(dataset, [pre_root, res_root, raw_root])
+    pre = os.path.join(pre_root, name)
+    res = os.path.join(res_root, name)
+    raw = os.path.join(raw_root, name)
+    out = output_dir or os.path.join(res, "benchmark")
+    return _Paths(name, raw, pre, res, os.path.join(pre, "gt_segmentations"), os.path.abspath(out))
+
+
+# ------------------------------------------------------------------------------------------ checks
+def validation_cases(fold_folder: str, file_ending: str) -> List[str]:
+    """Case ids of the predictions in ``fold_X/validation`` (what nnUNetv2_train validated)."""
+    folder = os.path.join(fold_folder, "validation")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f[: -len(file_ending)] for f in os.listdir(folder)
+                  if f.endswith(file_ending) and not f.startswith("."))
+
+
+def check_folds(methods: Sequence[MethodSpec], folds: Sequence[int], splits: list, results_folder: str,
+                file_ending: str, checkpoint_name: str) -> Dict[int, List[str]]:
+    """Every method has every fold finished and validated on exactly the cases of ``splits_final.json``.
+
+    Returns ``{fold: sorted validation cases}``; raises :class:`BenchmarkError` naming the method and the
+    differing cases otherwise (the comparison would not be on identical folds)."""
+    out = {}
+    problems = []
+    for f in folds:
+        if not 0 <= f < len(splits):
+            raise BenchmarkError(f"fold {f} does not exist: splits_final.json has {len(splits)} folds")
+        expected = sorted(splits[f]["val"])
+        out[f] = expected
+        for m in methods:
+            fold_folder = os.path.join(results_folder, m.key, f"fold_{f}")
+            if not os.path.isdir(fold_folder):
+                problems.append(f"{m.display}: {fold_folder} does not exist (train it: nnUNetv2_train DATASET "
+                                f"{m.configuration} {f} -tr {m.trainer} -p {m.plans})")
+                continue
+            if m.kind == "sam3d" and not os.path.isfile(os.path.join(fold_folder, checkpoint_name)):
+                problems.append(f"{m.display}: fold {f} has no {checkpoint_name} (training not finished)")
+                continue
+            got = validation_cases(fold_folder, file_ending)
+            if not got:
+                problems.append(f"{m.display}: fold {f} has no validation predictions in "
+                                f"{os.path.join(fold_folder, 'validation')} (run nnUNetv2_train ... --val)")
+                continue
+            if got != expected:
+                missing = sorted(set(expected) - set(got))
+                extra = sorted(set(got) - set(expected))
+                problems.append(f"{m.display}: fold {f} was validated on different cases than splits_final.json "
+                                f"fold {f} (missing {missing[:5]}{'...' if len(missing) > 5 else ''}, not in the "
+                                f"split {extra[:5]}{'...' if len(extra) > 5 else ''}); methods must share the "
+                                f"same folds")
+    if problems:
+        raise BenchmarkError("refusing to compare methods that do not share the same folds / finished runs:\n  "
+                             + "\n  ".join(problems))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the runner
+class BenchmarkRunner:
+    def __init__(self, config: BenchmarkConfig):
+        self.cfg = config
+        self.sam_methods = [MethodSpec.parse(s, config.configuration, "sam3d") for s in config.sam]
+        self.baseline = MethodSpec.parse(config.baseline, config.configuration, "baseline")
+        if not self.sam_methods:
+            raise BenchmarkError("give at least one SAM3D model (--sam TRAINER:PLANS)")
+        keys = [m.key for m in self.sam_methods] + [self.baseline.key]
+        if len(set(keys)) != len(keys):
+            raise BenchmarkError(f"a method is listed twice: {keys}")
+        self.clicks = sorted({int(k) for k in config.clicks})
+        if any(k < 1 for k in self.clicks):
+            raise BenchmarkError(f"--clicks must be >= 1, got {list(config.clicks)}")
+        if config.iterative < 0:
+            raise BenchmarkError(f"--iterative must be >= 0, got {config.iterative}")
+        self.tolerances = sorted({float(t) for t in config.tolerances_mm})
+        self.paths = _resolve_paths(str(config.dataset), config.output_dir)
+        self.splits = _load_json(os.path.join(self.paths.preprocessed, "splits_final.json"), "splits_final.json")
+        self.dataset_json = _load_json(os.path.join(self.paths.preprocessed, "dataset.json"), "dataset.json")
+        self.file_ending = self.dataset_json["file_ending"]
+        from sam3d_nnunet.evaluation import load_label_manager
+        _, self.label_manager = load_label_manager(self.dataset_json)
+        if self.label_manager.has_regions:
+            raise BenchmarkError("region-based datasets are not supported by the benchmark")
+        self.labels = [int(c) for c in self.label_manager.foreground_labels]
+        self.ignore_label = self.label_manager.ignore_label
+        self.allowed = [int(v) for v in self.label_manager.all_labels] + (
+            [int(self.ignore_label)] if self.ignore_label is not None else [])
+        names = {}
+        for n, v in self.dataset_json["labels"].items():
+            if isinstance(v, int):
+                names[v] = n
+        self.class_names = {c: names.get(c, str(c)) for c in self.labels}
+        self._gt_cache: Dict[str, Tuple[np.ndarray, dict]] = {}
+
+    # -------------------------------------------------------------- ground truth and images
+    def gt_file(self, case: str) -> str:
+        return os.path.join(self.paths.gt_folder, case + self.file_ending)
+
+    def read_gt(self, case: str, rw) -> Tuple[np.ndarray, dict]:
+        if case not in self._gt_cache:
+            seg, props = rw.read_seg(self.gt_file(case))
+            self._gt_cache = {case: (np.asarray(seg[0]), props)}  # one case at a time
+        return self._gt_cache[case]
+
+    def raw_images(self) -> Dict[str, List[str]]:
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+        if not os.path.isdir(self.paths.raw):
+            raise BenchmarkError(f"raw dataset folder not found: {self.paths.raw} (the SAM3D models predict from "
+                                 f"the raw images)")
+        raw_dj = _load_json(os.path.join(self.paths.raw, "dataset.json"), "raw dataset.json")
+        return {k: v["images"] for k, v in get_filenames_of_train_images_and_targets(self.paths.raw, raw_dj).items()}
+
+    # -------------------------------------------------------------- scoring
+    def score(self, case: str, prediction_file: str) -> dict:
+        from sam3d_nnunet.evaluation import EvaluationError, compute_case_metrics
+        try:
+            r = compute_case_metrics(self.gt_file(case), prediction_file, self.labels, self.tolerances,
+                                     self.ignore_label, self.allowed)
+        except EvaluationError as error:
+            raise BenchmarkError(str(error)) from None
+        out = {}
+        for c, m in r["metrics"].items():
+            out[str(c)] = {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in m.items()}
+        return out
+
+    def metric_names(self) -> List[str]:
+        from sam3d_nnunet.evaluation import nsd_key
+        return ["Dice"] + [nsd_key(t) for t in self.tolerances]
+
+    # -------------------------------------------------------------- main
+    def run(self) -> dict:
+        t_start = time.time()
+        cfg = self.cfg
+        methods = self.sam_methods + [self.baseline]
+        fold_cases = check_folds(methods, list(cfg.folds), self.splits, self.paths.results, self.file_ending,
+                                 cfg.checkpoint_name)
+        images = self.raw_images()
+        all_cases = [c for f in cfg.folds for c in fold_cases[f]]
+        missing = [c for c in all_cases if c not in images]
+        if missing:
+            raise BenchmarkError(f"no raw images for validation case(s) {missing[:5]} in {self.paths.raw}")
+        os.makedirs(self.paths.output, exist_ok=True)
+
+        results = {
+            "version": RESULTS_VERSION,
+            "dataset": self.paths.dataset_name,
+            "configuration": cfg.configuration,
+            "folds": [int(f) for f in cfg.folds],
+            "seed": int(cfg.seed),
+            "clicks": self.clicks,
+            "iterative_steps": int(cfg.iterative),
+            "automatic": bool(cfg.auto),
+            "tolerances_mm": self.tolerances,
+            "device": str(cfg.device),
+            "output_dir": self.paths.output,
+            "labels": {str(c): self.class_names[c] for c in self.labels},
+            "splits_file": os.path.join(self.paths.preprocessed, "splits_final.json"),
+            "gt_folder": self.paths.gt_folder,
+            "protocols": {
+                "clicks_K": "K distinct uniformly random voxels of each class present in the native ground truth, "
+                            "seed case_class_seed(case, class, seed); smaller K are prefixes of larger K",
+                "iterative_step_N": "step 1 = clicks_1; each next step adds per class one click at the centre of "
+                                    "the largest error region (false negative: positive, false positive: negative) "
+                                    "of the current native prediction, real spacing",
+                "auto": "no clicks (automatic mode)",
+                "nnunet": "nnU-Net's own validation predictions from nnUNetv2_train",
+                "auc": "area under the per-step Dice curve = mean over steps, in [0, 1]",
+            },
+            "cases": {},
+            "methods": {},
+        }
+        prompts_by_case = {}
+        for f in cfg.folds:
+            for case in fold_cases[f]:
+                results["cases"][case] = {"fold": int(f)}
+
+        # baseline first (cheap, and needed by the plots of every SAM method)
+        results["methods"][self.baseline.key] = self.run_baseline(fold_cases)
+        for m in self.sam_methods:
+            results["methods"][m.key] = self.run_sam(m, fold_cases, images, prompts_by_case, results["cases"])
+        for case, prompts in prompts_by_case.items():
+            results["cases"][case]["clicks"] = {clicks_protocol_name(k): prompts_to_json(p)
+                                                for k, p in prompts.items()}
+        results["baseline"] = self.baseline.key
+        results["sam_methods"] = [m.key for m in self.sam_methods]
+        results["wall_time_s"] = round(time.time() - t_start, 2)
+
+        atomic_write_json(os.path.join(self.paths.output, "results.json"), results)
+        from sam3d_nnunet.benchmark.report import write_report
+        write_report(results, os.path.join(self.paths.output, "report.md"))
+        if cfg.plots:
+            from sam3d_nnunet.benchmark.plots import make_plots
+            results["plots"] = make_plots(results, self.paths.output, images, self)
+            atomic_write_json(os.path.join(self.paths.output, "results.json"), results)
+            write_report(results, os.path.join(self.paths.output, "report.md"))
+        return results
+
+    # -------------------------------------------------------------- baseline
+    def run_baseline(self, fold_cases: Dict[int, List[str]]) -> dict:
+        m = self.baseline
+        folder = os.path.join(self.paths.results, m.key)
+        per_case = {}
+        cases = [(f, c) for f in self.cfg.folds for c in fold_cases[f]]
+        for f, case in _progress(cases, f"score {m.display}", self.cfg.progress):
+            pred = os.path.join(folder, f"fold_{f}", "validation", case + self.file_ending)
+            per_case[case] = {"fold": int(f), "protocols": {"nnunet": {"prediction_file": pred,
+                                                                       "metrics": self.score(case, pred)}}}
+        entry = {"kind": "baseline", "display": m.display, "trainer": m.trainer, "plans": m.plans,
+                 "configuration": m.configuration, "model_folder": folder, "per_case": per_case}
+        entry.update(self._baseline_model_info(folder, fold_cases))
+        entry["summary"] = {"nnunet": self.summarise(per_case, "nnunet", entry.get("time_per_case_s"))}
+        return entry
+
+    def _baseline_model_info(self, folder: str, fold_cases: Dict[int, List[str]]) -> dict:
+        """Parameter count and (on ``baseline_timing_cases`` cases of the first fold) time per case of nnU-Net's
+        own predictor (default settings: Gaussian sliding window, step 0.5, mirroring as trained)."""
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from sam3d_nnunet.inference import sam3d_trainers_visible
+
+        fold = int(self.cfg.folds[0])
+        info = {"parameters": None, "time_per_case_s": None}
+        try:
+            predictor = nnUNetPredictor(device=torch.device(self.cfg.device), verbose=False,
+                                        verbose_preprocessing=False, allow_tqdm=False)
+            with sam3d_trainers_visible(), _quiet():
+                predictor.initialize_from_trained_model_folder(folder, (fold,), self.cfg.checkpoint_name)
+        except Exception as error:  # the trainer class may not be importable here: timing is optional
+            warnings.warn(f"could not load the baseline model ({error!r}); parameter count and timing omitted")
+            return info
+        n = sum(p.numel() for p in predictor.network.parameters())
+        n_train = sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)
+        info["parameters"] = {"total_trainable": int(n_train), "total": int(n), "tuned": int(n_train)}
+        n_time = min(int(self.cfg.baseline_timing_cases), len(fold_cases[fold]))
+        if n_time <= 0:
+            return info
+        ckpt = os.path.join(folder, f"fold_{fold}", self.cfg.checkpoint_name)
+        timing_file = os.path.join(self.paths.output, "predictions", self.baseline.key, f"timing_fold{fold}.json")
+        ident = _checkpoint_identity(ckpt) if os.path.isfile(ckpt) else None
+        cached = _read_json_or_none(timing_file)
+        if cached and cached.get("checkpoint") == ident and cached.get("n_cases") == n_time \
+                and cached.get("device") == str(self.cfg.device):
+            info["time_per_case_s"] = cached["time_per_case_s"]
+            info["timing"] = cached
+            return info
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        images = self.raw_images()
+        times = []
+        for case in _progress(fold_cases[fold][:n_time], "time nnU-Net baseline", self.cfg.progress):
+            t0 = time.perf_counter()
+            pre = predictor.configuration_manager.preprocessor_class(verbose=False)
+            data, _, props = pre.run_case(images[case], None, predictor.plans_manager,
+                                          predictor.configuration_manager, predictor.dataset_json)
+            with _quiet():
+                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+            convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, props)
+            times.append(time.perf_counter() - t0)
+        record = {"checkpoint": ident, "n_cases": n_time, "device": str(self.cfg.device),
+                  "time_per_case_s": float(np.mean(times)), "times_s": times,
+                  "what": "nnUNetPredictor defaults (sliding window step 0.5, Gaussian, mirroring as trained): "
+                          "preprocessing + prediction + resampling to native geometry"}
+        atomic_write_json(timing_file, record)
+        info["time_per_case_s"] = record["time_per_case_s"]
+        info["timing"] = record
+        return info
+
+    # -------------------------------------------------------------- SAM3D
+    def run_sam(self, m: MethodSpec, fold_cases, images, prompts_by_case, cases_info) -> dict:
+        from sam3d_nnunet.inference import PromptedPredictor
+        from sam3d_nnunet.model import parameter_summary
+
+        folder = os.path.join(self.paths.results, m.key)
+        entry = {"kind": "sam3d", "display": m.display, "trainer": m.trainer, "plans": m.plans,
+                 "configuration": m.configuration, "model_folder": folder, "per_case": {}}
+        for f in self.cfg.folds:
+            with _quiet():
+                predictor = PromptedPredictor.from_trained_model_folder(folder, (f,), self.cfg.checkpoint_name,
+                                                                        device=self.cfg.device)
+            if "parameters" not in entry:
+                try:
+                    entry["parameters"] = dict(parameter_summary(predictor.network))
+                    entry["parameters"]["tuned"] = entry["parameters"]["total_trainable"]
+                except Exception as error:  # not a SAM3DNet: count what trains
+                    warnings.warn(f"parameter_summary failed for {m.display}: {error!r}")
+                    n = sum(p.numel() for p in predictor.network.parameters())
+                    t = sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)
+                    entry["parameters"] = {"total_trainable": t, "total": n, "tuned": t}
+                entry["prompted"] = bool(predictor.prompted)
+            auto_predictor = PromptedPredictor(
+                predictor.network, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json,
+                self.cfg.device, prompted=False, allowed_mirroring_axes=predictor.allowed_mirroring_axes,
+                trainer_name=predictor.trainer_name, list_of_parameters=predictor.list_of_parameters)
+            ckpt = _checkpoint_identity(os.path.join(folder, f"fold_{f}", self.cfg.checkpoint_name))
+            rw = predictor.plans_manager.image_reader_writer_class()
+            bar = _progress(fold_cases[f], f"{m.display} fold {f}", self.cfg.progress)
+            for case in bar:
+                label, gt_props = self.read_gt(case, rw)
+                if case not in prompts_by_case:
+                    prompts_by_case[case] = nested_click_prompts(label, case, self.labels, self.clicks,
+                                                                 self.cfg.seed) if self.clicks else {}
+                case_runner = _CasePredictor(self, m, predictor, auto_predictor, rw, images[case], case, ckpt,
+                                             gt_props)
+                entry["per_case"][case] = {"fold": int(f), "protocols": self._case_protocols(
+                    case_runner, predictor.prompted, prompts_by_case[case], label, gt_props, bar)}
+                case_runner.release()
+        entry["summary"] = {}
+        protocols = []
+        if self.cfg.auto or not entry.get("prompted", True):
+            protocols.append(AUTO)
+        if entry.get("prompted", True):
+            protocols += [clicks_protocol_name(k) for k in self.clicks]
+            protocols += [iterative_protocol_name(s) for s in range(1, self.cfg.iterative + 1)]
+        for p in protocols:
+            entry["summary"][p] = self.summarise(entry["per_case"], p)
+        if entry.get("prompted", True) and self.cfg.iterative > 0:
+            entry["iterative"] = self.summarise_iterative(entry["per_case"])
+        return entry
+
+    def _case_protocols(self, runner: "_CasePredictor", prompted: bool, click_prompts, label, gt_props, bar) -> dict:
+        out = {}
+        if self.cfg.auto or not prompted:  # an automatic-only model has nothing but the automatic mode
+            _postfix(bar, "auto")
+            out[AUTO] = runner.run(AUTO, None)
+        if not prompted:
+            return out
+        for k in self.clicks:
+            name = clicks_protocol_name(k)
+            _postfix(bar, name)
+            out[name] = runner.run(name, click_prompts[k])
+        if self.cfg.iterative > 0:
+            first = click_prompts[1] if 1 in click_prompts else \
+                nested_click_prompts(label, runner.case, self.labels, [1], self.cfg.seed)[1]
+            prompts = first
+            spacing = [float(s) for s in gt_props["spacing"]]
+            for step in range(1, self.cfg.iterative + 1):
+                name = iterative_protocol_name(step)
+                _postfix(bar, name)
+                if step > 1:
+                    prompts = add_correction_clicks_native(prompts, runner.last_segmentation, label, spacing,
+                                                           self.ignore_label)
+                out[name] = runner.run(name, prompts)
+                out[name]["prompts"] = prompts_to_json(prompts)
+        return out
+
+    # -------------------------------------------------------------- aggregation
+    def summarise(self, per_case: dict, protocol: str, time_per_case: Optional[float] = None) -> dict:
+        metrics = self.metric_names()
+        rows = [v["protocols"][protocol] for v in per_case.values() if protocol in v["protocols"]]
+        mean = {}
+        for c in self.labels:
+            mean[str(c)] = {k: _nanmean(r["metrics"][str(c)][k] for r in rows) for k in metrics}
+        fg = {k: _nanmean(mean[str(c)][k] for c in self.labels) for k in metrics}
+        if time_per_case is None:
+            times = [r.get("time_s") for r in rows if r.get("time_s") is not None]
+            time_per_case = float(np.mean(times)) if times else None
+        return {"n_cases": len(rows), "mean": mean, "foreground_mean": fg, "time_per_case_s": time_per_case}
+
+    def summarise_iterative(self, per_case: dict) -> dict:
+        steps = [iterative_protocol_name(s) for s in range(1, self.cfg.iterative + 1)]
+        metrics = self.metric_names()
+        out = {"steps": len(steps), "per_class": {}, "per_case": {}}
+        for case, v in per_case.items():
+            out["per_case"][case] = {}
+            for c in self.labels:
+                curve = {k: [v["protocols"][s]["metrics"][str(c)][k] for s in steps] for k in metrics}
+                out["per_case"][case][str(c)] = {
+                    "curves": curve,
+                    "auc": {k: area_under_curve(curve[k]) for k in metrics},
+                    "final": {k: curve[k][-1] for k in metrics},
+                }
+        for c in self.labels:
+            rows = [out["per_case"][case][str(c)] for case in out["per_case"]]
+            out["per_class"][str(c)] = {
+                "mean_curve": {k: [_nanmean(r["curves"][k][i] for r in rows) for i in range(len(steps))]
+                               for k in metrics},
+                "auc": {k: _nanmean(r["auc"][k] for r in rows) for k in metrics},
+                "final": {k: _nanmean(r["final"][k] for r in rows) for k in metrics},
+            }
+        out["foreground_mean"] = {
+            "auc": {k: _nanmean(out["per_class"][str(c)]["auc"][k] for c in self.labels) for k in metrics},
+            "final": {k: _nanmean(out["per_class"][str(c)]["final"][k] for c in self.labels) for k in metrics},
+        }
+        return out
+
+
+class _CasePredictor:
+    """Predicts one case under several prompt sets: preprocessing once, identical prompt sets once, finished
+    predictions (matching sidecar) reused from disk."""
+
+    def __init__(self, runner: BenchmarkRunner, method: MethodSpec, predictor, auto_predictor, rw,
+                 image_files: List[str], case: str, checkpoint: dict, gt_props: dict):
+        self.runner, self.method, self.predictor, self.auto_predictor = runner, method, predictor, auto_predictor
+        self.rw, self.image_files, self.case, self.checkpoint = rw, image_files, case, checkpoint
+        self.gt_props = gt_props
+        self._pre = None
+        self._pre_time = 0.0
+        self._done: Dict[str, dict] = {}
+        self.last_segmentation: Optional[np.ndarray] = None
+
+    def release(self):
+        self._pre = None
+        self.last_segmentation = None
+
+    def _folder(self, protocol: str) -> str:
+        return os.path.join(self.runner.paths.output, "predictions", self.method.key, protocol)
+
+    def _preprocessed(self):
+        if self._pre is None:
+            t0 = time.perf_counter()
+            p = self.predictor
+            pre = p.configuration_manager.preprocessor_class(verbose=False)
+            data, _, props = pre.run_case(self.image_files, None, p.plans_manager, p.configuration_manager,
+                                          p.dataset_json)
+            self._pre = (data, props)
+            self._pre_time = time.perf_counter() - t0
+        return self._pre
+
+    def run(self, protocol: str, prompts) -> dict:
+        key = ("auto" if prompts is None else prompts_key(prompts))
+        if key in self._done:  # identical prompts (e.g. iterative step 1 = clicks_1): same prediction
+            hit = self._done[key]
+            self.last_segmentation = hit["_segmentation"]
+            return {k: v for k, v in hit.items() if not k.startswith("_")} | {"same_as": hit["protocol"]}
+        folder = self._folder(protocol)
+        pred_file = os.path.join(folder, self.case + self.runner.file_ending)
+        side_file = os.path.join(folder, self.case + ".json")
+        expected = {"case": self.case, "protocol": protocol, "prompts_key": key, "checkpoint": self.checkpoint,
+                    "prompts": prompts_to_json(prompts)}
+        side = _read_json_or_none(side_file)
+        reused = bool(side and os.path.isfile(pred_file) and all(side.get(k) == v for k, v in
+                                                                  _json_safe(expected).items()))
+        if reused:
+            seg, _ = self.rw.read_seg(pred_file)
+            seg = np.asarray(seg[0])
+            times = side["time_s"]
+        else:
+            seg, times = self._predict(prompts)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".tmp_{os.getpid()}_{uuid.uuid4().hex[:6]}_{self.case}{self.runner.file_ending}")
+            try:
+                self.rw.write_seg(seg, tmp, self.gt_props if self._pre is None else self._pre[1])
+                os.replace(tmp, pred_file)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            atomic_write_json(side_file, {**expected, "time_s": times})
+        self.last_segmentation = seg
+        result = {"protocol": protocol, "prediction_file": pred_file, "reused": reused,
+                  "time_s": float(sum(times.values())), "time_breakdown_s": times,
+                  "metrics": self.runner.score(self.case, pred_file)}
+        self._done[key] = {**result, "_segmentation": seg}
+        return result
+
+    def _predict(self, prompts):
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        from sam3d_nnunet.inference import ClassPrompt, raw_to_preprocessed_coords
+
+        first = self._pre is None
+        data, props = self._preprocessed()
+        p = self.predictor
+        t0 = time.perf_counter()
+        if prompts is None:
+            with _quiet():
+                out = self.auto_predictor.predict_preprocessed(data, None)
+        else:
+            mapped = {c: ClassPrompt(raw_to_preprocessed_coords(cp.clicks, props, p.plans_manager.transpose_forward,
+                                                                data.shape[1:]), cp.labels)
+                      for c, cp in prompts.items()}
+            out = p.predict_preprocessed(data, mapped)
+        t1 = time.perf_counter()
+        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+            out, p.plans_manager, p.configuration_manager, p.label_manager, props)
+        t2 = time.perf_counter()
+        # preprocessing is done once per case; every protocol is charged with it (as a user would pay it)
+        return np.asarray(seg), {"preprocess": round(self._pre_time, 4), "predict": round(t1 - t0, 4),
+                                 "export": round(t2 - t1, 4), "preprocess_shared": not first}
+
+
+# ------------------------------------------------------------------------------------------ utilities
+def _read_json_or_none(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class _quiet:
+    """Silence nnU-Net's prints (its predictor talks a lot) while keeping tqdm on stderr."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        self._ctx = contextlib.redirect_stdout(io.StringIO())
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _progress(items, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(list(items), desc=desc, unit="case", disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+def _postfix(bar, text: str) -> None:
+    if hasattr(bar, "set_postfix_str"):
+        bar.set_postfix_str(text, refresh=True)
+
+
+def run_benchmark(config: BenchmarkConfig) -> dict:
+    """Run the benchmark (see the module docstring); returns the results dict also written to results.json."""
+    return BenchmarkRunner(config).run()
+
+
+__all__ = ["BenchmarkConfig", "BenchmarkError", "BenchmarkRunner", "MethodSpec", "check_folds", "run_benchmark",
+           "validation_cases", "atomic_write_json"]

@@ -1,0 +1,278 @@
+"""``sam3d-nnunet benchmark``: click protocols, fold checks, and a real run on a small phantom setup.
+
+Fast tests: the seeded, nested click protocols, correction clicks in native space, the Dice-curve AUC, the fold
+check. Slow tests (marked ``slow``) use the reduced demo's work folder (``sam3d-nnunet demo --fast``: 10 phantoms,
+SAM3D and nnU-Net trained for a few iterations on fold 0, benchmark run), shared by the session and by
+``tests/test_demo.py`` (the demo is idempotent: whichever module comes second finds it finished).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _exe(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fast: protocols
+# ---------------------------------------------------------------------------------------------------------
+
+def _label():
+    lab = np.zeros((30, 32, 28), np.uint8)
+    lab[5:25, 6:26, 4:24] = 1
+    lab[12:17, 12:18, 10:15] = 2
+    return lab
+
+
+def test_clicks_are_seeded_nested_and_on_their_class():
+    from sam3d_nnunet.benchmark.protocols import is_subset, nested_click_prompts
+    from sam3d_nnunet.inference import protocol_prompts_from_label
+    lab = _label()
+    a = nested_click_prompts(lab, "case_001", [1, 2], [10, 1, 3], seed=0)
+    b = nested_click_prompts(lab, "case_001", [1, 2], [1, 3, 10], seed=0)
+    assert sorted(a) == [1, 3, 10]
+    for k in (1, 3, 10):
+        for c in (1, 2):
+            assert np.array_equal(a[k][c].clicks, b[k][c].clicks), "same seed, same clicks"
+            assert len(a[k][c].clicks) == k and (a[k][c].labels == 1).all()
+            assert all(lab[tuple(p.astype(int))] == c for p in a[k][c].clicks)
+    assert is_subset(a[1], a[3]) and is_subset(a[3], a[10]) and not is_subset(a[10], a[1])
+    for c in (1, 2):
+        assert np.array_equal(a[3][c].clicks, a[10][c].clicks[:3])
+    # other seed or other case: other clicks
+    other = nested_click_prompts(lab, "case_001", [1, 2], [3], seed=1)
+    assert not np.array_equal(other[3][1].clicks, a[3][1].clicks)
+    other_case = nested_click_prompts(lab, "case_002", [1, 2], [3], seed=0)
+    assert not np.array_equal(other_case[3][1].clicks, a[3][1].clicks)
+    # the 1-click protocol is the trainer's validation protocol (same seed -> same click)
+    val = protocol_prompts_from_label(lab, "case_001", [1, 2], 1, 0)
+    for c in (1, 2):
+        assert np.array_equal(val[c].clicks, a[1][c].clicks)
+    # an absent class gets no prompt
+    lab2 = lab.copy()
+    lab2[lab2 == 2] = 1
+    assert sorted(nested_click_prompts(lab2, "x", [1, 2], [1], 0)[1]) == [1]
+    with pytest.raises(ValueError):
+        nested_click_prompts(lab, "x", [1], [0], 0)
+
+
+def test_correction_clicks_in_native_space():
+    from sam3d_nnunet.benchmark.protocols import add_correction_clicks_native, nested_click_prompts
+    lab = _label()
+    start = nested_click_prompts(lab, "c", [1, 2], [1], 0)[1]
+    pred = lab.copy()
+    pred[5:25, 6:26, 4:12][pred[5:25, 6:26, 4:12] == 1] = 0  # half the organ missed
+    pred[0:4, 0:4, 0:4] = 2  # a small false-positive tumour blob; the tumour itself is right
+    nxt = add_correction_clicks_native(start, pred, lab, spacing=(1.0, 1.0, 1.0))
+    organ, tumour = nxt[1], nxt[2]
+    assert len(organ.clicks) == 2 and organ.labels[-1] == 1
+    p = organ.clicks[-1].astype(int)
+    assert lab[tuple(p)] == 1 and pred[tuple(p)] != 1, "positive click inside the missed region"
+    assert len(tumour.clicks) == 2 and tumour.labels[-1] == 0
+    q = tumour.clicks[-1].astype(int)
+    assert pred[tuple(q)] == 2 and lab[tuple(q)] != 2, "negative click inside the false positive"
+    assert np.array_equal(organ.clicks[:1], start[1].clicks), "earlier clicks are kept"
+    # a perfect prediction gets no new click
+    same = add_correction_clicks_native(start, lab, lab, spacing=(1.0, 1.0, 1.0))
+    assert all(len(same[c].clicks) == 1 for c in (1, 2))
+
+
+def test_area_under_dice_curve():
+    from sam3d_nnunet.benchmark.protocols import area_under_curve
+    assert area_under_curve([0.5, 0.7, 0.9]) == pytest.approx(0.7)
+    assert area_under_curve([1.0, 1.0]) == 1.0
+    assert area_under_curve([0.2, float("nan"), 0.4]) == pytest.approx(0.3)
+    assert np.isnan(area_under_curve([float("nan")]))
+
+
+def test_fold_check_refuses_different_validation_cases(tmp_path):
+    from sam3d_nnunet.benchmark.runner import BenchmarkError, MethodSpec, check_folds
+    splits = [{"train": ["c", "d"], "val": ["a", "b"]}, {"train": ["a", "b"], "val": ["c", "d"]}]
+    sam = MethodSpec.parse("nnUNetTrainerSAM3D:SAM3DPlans", "3d_fullres", "sam3d")
+    base = MethodSpec.parse("nnUNetTrainer:nnUNetPlans", "3d_fullres", "baseline")
+
+    def make(method, fold, cases):
+        folder = tmp_path / method.key / f"fold_{fold}"
+        (folder / "validation").mkdir(parents=True, exist_ok=True)
+        (folder / "checkpoint_final.pth").write_bytes(b"x")
+        for c in cases:
+            (folder / "validation" / f"{c}.nii.gz").write_bytes(b"x")
+
+    make(sam, 0, ["a", "b"])
+    make(base, 0, ["a", "b"])
+    assert check_folds([sam, base], [0], splits, str(tmp_path), ".nii.gz", "checkpoint_final.pth") == {0: ["a", "b"]}
+    with pytest.raises(BenchmarkError, match="does not exist"):  # fold 1 never trained
+        check_folds([sam, base], [0, 1], splits, str(tmp_path), ".nii.gz", "checkpoint_final.pth")
+    make(sam, 1, ["c", "d"])
+    make(base, 1, ["c", "e"])  # the baseline's fold 1 came from another split
+    with pytest.raises(BenchmarkError, match=r"nnU-Net \(nnUNetTrainer\): fold 1 was validated on different cases"):
+        check_folds([sam, base], [0, 1], splits, str(tmp_path), ".nii.gz", "checkpoint_final.pth")
+    with pytest.raises(BenchmarkError, match="fold 7 does not exist"):
+        check_folds([sam, base], [7], splits, str(tmp_path), ".nii.gz", "checkpoint_final.pth")
+    with pytest.raises(BenchmarkError, match="TRAINER:PLANS"):
+        MethodSpec.parse("nnUNetTrainer", "3d_fullres", "baseline")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# slow: a real benchmark on the reduced demo's phantoms
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory) -> Path:
+    """The reduced demo's work folder (trained SAM3D + nnU-Net on fold 0, benchmark run); see test_demo.py."""
+    from sam3d_nnunet.commands.demo import FAST, run_demo
+    root = tmp_path_factory.getbasetemp() / "sam3d_demo_fast"
+    run_demo(str(root), device="cpu", budget=FAST)
+    return root
+
+
+def _env(root: Path) -> dict:
+    from sam3d_nnunet.commands.ext_trainer_dir import ext_trainer_dir
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(root / "nnUNet_raw"), nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
+               nnUNet_results=str(root / "nnUNet_results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2",
+               nnUNet_extTrainer=os.pathsep.join([ext_trainer_dir(), str(root / "ext_trainers")]))
+    return env
+
+
+NAME = "Dataset990_SAM3DDemo"
+SAM = "nnUNetTrainerSAM3D_budget__SAM3DPlans__3d_fullres"
+BASE = "nnUNetTrainer_budget__nnUNetPlans__3d_fullres"
+
+
+@pytest.mark.slow
+def test_benchmark_outputs_on_phantoms(demo_workdir):
+    out = demo_workdir / "nnUNet_results" / NAME / "benchmark"
+    results = json.loads((out / "results.json").read_text())
+    splits = json.loads((demo_workdir / "nnUNet_preprocessed" / NAME / "splits_final.json").read_text())
+    cases = sorted(splits[0]["val"])
+    assert sorted(results["cases"]) == cases
+    assert results["baseline"] == BASE and results["sam_methods"] == [SAM]
+    sam, base = results["methods"][SAM], results["methods"][BASE]
+    assert sorted(sam["per_case"]) == sorted(base["per_case"]) == cases, "both methods on the same cases"
+    protocols = ["auto", "clicks_1", "clicks_3", "iterative_step_1", "iterative_step_2", "iterative_step_3"]
+    metrics = ["Dice", "NSD@1mm", "NSD@2mm", "NSD@5mm"]
+    for case in cases:
+        assert base["per_case"][case]["protocols"]["nnunet"]["prediction_file"].endswith(
+            f"{BASE}/fold_0/validation/{case}.nii.gz")
+        for c in ("1", "2"):
+            m = base["per_case"][case]["protocols"]["nnunet"]["metrics"][c]
+            assert all(k in m for k in metrics)
+        for p in protocols:
+            entry = sam["per_case"][case]["protocols"][p]
+            for c in ("1", "2"):
+                for k in metrics:
+                    v = entry["metrics"][c][k]
+                    assert v is None or 0.0 <= v <= 1.0
+            assert os.path.isfile(entry["prediction_file"])
+        # iterative: step 1 is the 1-click prediction, every step adds at most one click per class
+        it = sam["per_case"][case]["protocols"]
+        assert it["iterative_step_1"]["same_as"] == "clicks_1"
+        for s in (2, 3):
+            for c, v in it[f"iterative_step_{s}"]["prompts"].items():
+                prev = it[f"iterative_step_{s - 1}"]["prompts"][c]
+                assert len(v["clicks_raw_voxel"]) - len(prev["clicks_raw_voxel"]) in (0, 1)
+                assert v["clicks_raw_voxel"][: len(prev["clicks_raw_voxel"])] == prev["clicks_raw_voxel"]
+        curve = sam["iterative"]["per_case"][case]["1"]["curves"]["Dice"]
+        auc = sam["iterative"]["per_case"][case]["1"]["auc"]["Dice"]
+        valid = [v for v in curve if v is not None]
+        assert auc == pytest.approx(np.mean(valid)) and 0 <= auc <= 1
+        assert sam["iterative"]["per_case"][case]["1"]["final"]["Dice"] == curve[-1]
+    assert sam["parameters"]["tuned"] > 0 and sam["parameters"]["encoder_frozen"] > 0
+    assert base["parameters"]["tuned"] > sam["parameters"]["tuned"]
+    assert sam["summary"]["clicks_1"]["time_per_case_s"] > 0 and base["summary"]["nnunet"]["time_per_case_s"] > 0
+
+    # the clicks are the seeded protocol: recomputed from the ground truth they are the same; 1 within 3
+    import SimpleITK as sitk
+    from sam3d_nnunet.benchmark.protocols import nested_click_prompts, prompts_to_json
+    for case in cases:
+        gt = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_workdir / "nnUNet_preprocessed" / NAME /
+                                                       "gt_segmentations" / f"{case}.nii.gz")))
+        again = nested_click_prompts(gt, case, [1, 2], [1, 3], seed=0)
+        assert results["cases"][case]["clicks"]["clicks_1"] == prompts_to_json(again[1])
+        assert results["cases"][case]["clicks"]["clicks_3"] == prompts_to_json(again[3])
+        for c, v in results["cases"][case]["clicks"]["clicks_1"].items():
+            three = results["cases"][case]["clicks"]["clicks_3"][c]["clicks_raw_voxel"]
+            assert all(p in three for p in v["clicks_raw_voxel"])
+
+    report = (out / "report.md").read_text()
+    assert "## Dice / NSD@5mm (%), the paper's format" in report
+    assert "| method | clicks per class | organ (1) | tumour (2) | mean | tuned params | s / case |" in report
+    for row in ("| nnU-Net (nnUNetTrainer_budget) |", "| SAM3D (nnUNetTrainerSAM3D_budget) | 0 (automatic) |",
+                "|  | 1 random |", "|  | 3 random |", "|  | 3 iterative (final) |"):
+        assert row in report, row
+    assert "## Iterative correction" in report and "AUC" in report
+    import matplotlib.image as mpimg
+    for name in ("dice_vs_clicks", "nsd_vs_clicks", "scatter_dice", "iterative_dice", "overlay_best",
+                 "overlay_median", "overlay_worst"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        img = mpimg.imread(str(png))
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01, name
+        assert f"({name}.png)" in report
+    assert not list(out.rglob(".*tmp*")), "no temporary files left"
+
+
+@pytest.mark.slow
+def test_benchmark_rerun_reuses_predictions_and_is_deterministic(demo_workdir, tmp_path, monkeypatch):
+    from sam3d_nnunet.benchmark.runner import BenchmarkConfig, run_benchmark
+    for k, v in _env(demo_workdir).items():
+        monkeypatch.setenv(k, v)
+    out = demo_workdir / "nnUNet_results" / NAME / "benchmark"
+    before = json.loads((out / "results.json").read_text())
+    cfg = BenchmarkConfig(dataset="990", folds=[0], sam=["nnUNetTrainerSAM3D_budget:SAM3DPlans"],
+                          baseline="nnUNetTrainer_budget:nnUNetPlans", clicks=[1, 3], iterative=3, seed=0,
+                          output_dir=str(out), baseline_timing_cases=1, progress=False, plots=False)
+    again = run_benchmark(cfg)
+    sam = again["methods"][SAM]["per_case"]
+    for case, v in sam.items():
+        for p, entry in v["protocols"].items():
+            assert entry["reused"], f"{case} {p} was predicted again"
+            assert entry["metrics"] == before["methods"][SAM]["per_case"][case]["protocols"][p]["metrics"]
+    assert again["cases"] == before["cases"]
+    # another seed: other clicks (and new predictions in another folder)
+    cfg2 = BenchmarkConfig(dataset="Dataset990_SAM3DDemo", folds=[0], sam=["nnUNetTrainerSAM3D_budget:SAM3DPlans"],
+                           baseline="nnUNetTrainer_budget:nnUNetPlans", clicks=[1], iterative=0, auto=False, seed=5,
+                           output_dir=str(tmp_path / "seed5"), baseline_timing_cases=0, progress=False, plots=False)
+    other = run_benchmark(cfg2)
+    case = sorted(other["cases"])[0]
+    assert other["cases"][case]["clicks"]["clicks_1"] != before["cases"][case]["clicks"]["clicks_1"]
+    assert set(other["methods"][SAM]["summary"]) == {"clicks_1"}
+    assert (tmp_path / "seed5" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_benchmark_refuses_mismatched_folds(demo_workdir, tmp_path):
+    res = demo_workdir / "nnUNet_results" / NAME
+    fake = res / "nnUNetTrainer_otherSplit__nnUNetPlans__3d_fullres"
+    if fake.exists():
+        shutil.rmtree(fake)
+    shutil.copytree(res / BASE, fake)
+    val = fake / "fold_0" / "validation"
+    first = sorted(val.glob("*.nii.gz"))[0]
+    first.rename(val / "sam3ddemo_999.nii.gz")  # validated on a case that is not in the split
+    cmd = [_exe("sam3d-nnunet"), "benchmark", "-d", "990", "-f", "0", "--sam", "nnUNetTrainerSAM3D_budget:SAM3DPlans",
+           "--baseline", "nnUNetTrainer_otherSplit:nnUNetPlans", "--clicks", "1", "--iterative", "0", "-o",
+           str(tmp_path / "refused"), "--no-progress"]
+    p = subprocess.run(cmd, env=_env(demo_workdir), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "refusing to compare" in p.stderr and "nnUNetTrainer_otherSplit" in p.stderr
+    assert "sam3ddemo_999" in p.stderr
+    assert not (tmp_path / "refused" / "report.md").exists()
+    # a missing fold is refused as well
+    p = subprocess.run(cmd[:5] + ["0", "1"] + cmd[6:], env=_env(demo_workdir), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1 and "fold_1" in p.stderr
+    shutil.rmtree(fake)
