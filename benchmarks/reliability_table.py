@@ -53,7 +53,8 @@ KIND_NAMES = OrderedDict([
     ("missing_channel", "missing channel file"), ("click outside the image", "click outside the image"),
     ("click for a class the model does not have", "click for a class the model does not have"),
     ("positive click on another class's voxels", "positive click on another class's voxels"),
-    ("empty_label", "empty label (background only)"), ("command line", "the same, on the command line"),
+    ("empty_label", "empty label (background only)"),
+    ("command line", "one of these through the command (exit 1, one `error:` line naming the file, no traceback)"),
 ])
 
 
@@ -93,19 +94,22 @@ def _inputs_matrix(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _list(rows: list[dict]) -> list[str]:
-    lines = ["| stage | fault | tried | outcome | lost |", "|---|---|---:|---|---:|"]
+def _list(rows: list[dict], details: bool = False) -> list[str]:
+    lines = ["| stage | fault | tried | outcome | lost |" + (" where it hit |" if details else ""),
+             "|---|---|---:|---|---:|" + ("---|" if details else "")]
     groups: "OrderedDict[tuple, list]" = OrderedDict()
     for r in rows:
         groups.setdefault((r["stage"], r["fault"]), []).append(r)
     for (stage, fault), rs in groups.items():
         outcomes = Counter(r["outcome"] for r in rs)
         outcome = "; ".join(o if n == len(rs) else f"{o} ({n})" for o, n in outcomes.items())
-        lines.append(f"| {stage} | {fault} | {len(rs)} | {outcome} | {sum(r['lost'] for r in rs)} |")
+        where = re.sub(r"/\S*/", "", "; ".join(r["detail"] for r in rs if r.get("detail"))).replace("|", "/")
+        lines.append(f"| {stage} | {fault} | {len(rs)} | {outcome} | {sum(r['lost'] for r in rs)} |"
+                     + (f" {where[:160]} |" if details else ""))
     return lines
 
 
-def table(records: list[dict]) -> str:
+def table(records: list[dict], note: str = "") -> str:
     session = records[0]["session"]
     total = len(records)
     lost = sum(r["lost"] for r in records)
@@ -120,9 +124,11 @@ def table(records: list[dict]) -> str:
         if not rows:
             continue
         lines.append(f"\n**{title}: {len(rows)}**\n")
-        lines += _inputs_matrix(rows) if suite == "inputs" else _list(rows)
+        lines += _inputs_matrix(rows) if suite == "inputs" else _list(rows, details=suite == "faults")
     by_suite = ", ".join(f"{sum(r['suite'] == s for r in records)} {t.lower()}" for s, t in SUITE_TITLES.items())
     lines.append(f"\nIn all {total}: {by_suite}. Lost: {lost}.\n")
+    if note:
+        lines.append(note.strip() + "\n")
     return "\n".join(lines)
 
 
@@ -144,12 +150,13 @@ def main(argv=None) -> int:
     parser.add_argument("--log", default=DEFAULT_LOG, help=f"records file (default {DEFAULT_LOG})")
     parser.add_argument("--session", default=None, help="session id (default: the latest)")
     parser.add_argument("--write", default=None, metavar="BENCHMARKS.md", help="replace/append the section there")
+    parser.add_argument("--note", default="", help="a paragraph appended to the section (e.g. the run time)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.log):
         print(f"reliability_table: error: {args.log} does not exist: run the reliability tests first",
               file=sys.stderr)
         return 1
-    text = table(load(args.log, args.session))
+    text = table(load(args.log, args.session), args.note)
     if args.write:
         write_section(Path(args.write), text)
         print(f"wrote the {SECTION!r} section of {args.write}")

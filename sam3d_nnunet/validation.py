@@ -33,7 +33,10 @@ Checkpoints (``load_checkpoint_safely``, ``check_model_checkpoints``): a trained
 (``fold_X/checkpoint_final.pth``) is read with ``torch.load(weights_only=True)`` and an allow-list of the few
 non-tensor globals nnU-Net checkpoints hold (numpy scalars, dtypes and arrays, see
 :data:`CHECKPOINT_SAFE_GLOBALS`). A file that needs anything else (which is how a pickle runs code) is refused
-with :class:`UnsafeCheckpointError` before nnU-Net's own loader (``weights_only=False``) can see it.
+with :class:`UnsafeCheckpointError` before nnU-Net's own loader (``weights_only=False``) can see it. Called by
+``PromptedPredictor.from_trained_model_folder`` (``predict``, the interactive session, the napari plug-in) and
+``nnUNetTrainerSAM3D.load_checkpoint`` (``nnUNetv2_train --c`` / ``--val``). The file is read twice (here, then by
+nnU-Net), so a file swapped in between by someone who can write the model folder is not covered.
 """
 from __future__ import annotations
 
@@ -584,6 +587,7 @@ def check_model_checkpoints(model_folder: PathLike, folds: Optional[Sequence[Uni
 
 __all__ = ["InputFileError", "CheckpointError", "UnsafeCheckpointError", "GEOMETRY_TOLERANCE", "check_plain_name",
            "check_file_ending", "check_image_file", "check_spacing", "check_finite", "check_sitk_image",
-           "read_image_checked", "check_same_geometry", "check_same_grid_files", "allowed_label_values", "check_label_values",
-           "raw_dataset_cases", "check_raw_case", "validate_raw_dataset", "validate_raw_datasets", "checkpoint_safe_globals",
-           "CHECKPOINT_SAFE_GLOBALS", "load_checkpoint_safely", "check_model_checkpoints"]
+           "read_image_checked", "check_same_geometry", "check_same_grid_files", "allowed_label_values",
+           "check_label_values", "raw_dataset_cases", "check_raw_case", "validate_raw_dataset",
+           "validate_raw_datasets", "checkpoint_safe_globals", "CHECKPOINT_SAFE_GLOBALS", "load_checkpoint_safely",
+           "check_model_checkpoints"]

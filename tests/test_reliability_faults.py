@@ -57,7 +57,8 @@ def dying_save(obj, f, *args, **kwargs):
                 fh.write(data[: int(len(data) * SHARE)])
                 fh.flush()
                 os.fsync(fh.fileno())
-            print(f"FAULT: SIGKILL after {int(len(data) * SHARE)} of {len(data)} bytes of {f}", flush=True)
+            print(f"FAULT: SIGKILL after {int(len(data) * SHARE)} of {len(data)} bytes of {os.path.basename(f)}",
+                  flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *args, **kwargs)
 torch.save = dying_save

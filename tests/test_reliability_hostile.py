@@ -18,7 +18,6 @@ Every payload creates a marker file when it runs; the tests assert the marker ne
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
