@@ -345,6 +345,7 @@ def test_phantoms_train_validate_select(phantom_pipeline):
 
     from sam3d_nnunet.model import load_sam_checkpoint
     from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D_1epoch
+    # a checkpoint this test's own training wrote (nnU-Net's format holds a few non-tensor objects)
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == trainer and ckpt["current_epoch"] == 1
     pm = PlansManager(str(pipe.results(trainer) / "plans.json"))
@@ -402,6 +403,7 @@ def test_killed_training_resumes_with_c(phantom_pipeline):
         proc.wait()
         log.close()
     assert not (fold / "checkpoint_final.pth").exists(), "killed too late: the run had already finished"
+    # written by this test's own training run
     resumed_from = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
     assert 1 <= resumed_from < 5
     logs_before = set(fold.glob("training_log_*.txt"))
