@@ -469,6 +469,7 @@ def test_two_and_four_channel_datasets_plan_train_and_predict(trained, tmp_path)
         assert plans["sam3d"]["input_channels"]["count"] == n
         assert plans["sam3d"]["labels"]["ignore_label"] == (3 if n == 4 else None)
         model = pipe.results(trainer)
+        # a checkpoint this test's own training wrote (nnU-Net's format holds non-tensor objects)
         weights = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu",
                              weights_only=False)["network_weights"]
         if n == 4:  # the mixer trained away from its channel-mean start
