@@ -177,6 +177,8 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
                     v = entry["metrics"][c][k]
                     assert v is None or 0.0 <= v <= 1.0
             assert os.path.isfile(entry["prediction_file"])
+            t = entry["time_breakdown_s"]
+            assert entry["time_s"] == pytest.approx(t["preprocess"] + t["predict"] + t["export"])
         # iterative: step 1 is the 1-click prediction, every step adds at most one click per class
         it = sam["per_case"][case]["protocols"]
         assert it["iterative_step_1"]["same_as"] == "clicks_1"

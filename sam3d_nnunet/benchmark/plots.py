@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name, iterative_protocol_name
+from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name
 from sam3d_nnunet.benchmark.report import main_nsd_tolerance, nsd_key
 
 COLOURS = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
@@ -237,11 +237,15 @@ def plot_overlay(results: dict, case: str, rank: str, key: str, proto: str, c: s
             _contour(ax, gt[z] == lab, GT_COLOUR, "solid", lw + 0.4)
             _contour(ax, pred_base[z] == lab, BASE_COLOUR, "dashed", lw)
             _contour(ax, pred_sam[z] == lab, "red", "solid", lw)
+        shown_clicks, hidden_slices = 0, set()
         if clicks:
             for cl, pts in clicks.items():
                 for p, l in zip(pts["clicks_raw_voxel"], pts["labels"]):
                     if abs(p[0] - z) <= 1.5:
                         ax.plot(p[2], p[1], marker="+" if l == 1 else "x", color="yellow", ms=11, mew=2.2)
+                        shown_clicks += 1
+                    elif str(cl) == str(c):
+                        hidden_slices.add(int(round(p[0])))
         if i == 1 and region.any():
             ys, xs = np.nonzero(region)
             m = max(8, int(0.4 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
@@ -259,7 +263,10 @@ def plot_overlay(results: dict, case: str, rank: str, key: str, proto: str, c: s
                Line2D([], [], color=BASE_COLOUR, lw=2, ls="--", label=f"nnU-Net (Dice {_nan(d_base):.3f})"),
                Line2D([], [], color="red", lw=2, label=f"SAM3D {proto.replace('_', ' ')} (Dice {_nan(d_sam):.3f})")]
     if clicks:
-        handles.append(Line2D([], [], color="yellow", marker="+", ls="", mew=2, ms=10, label="click (+ pos, x neg)"))
+        label = "click (+ pos, x neg), within 1.5 slices"
+        if hidden_slices:
+            label += f"; {results['labels'][c]} click(s) on slice(s) {sorted(hidden_slices)[:4]}"
+        handles.append(Line2D([], [], color="yellow", marker="+", ls="", mew=2, ms=10, label=label))
     axes[1].legend(handles=handles, fontsize=8, loc="lower right", framealpha=0.8)
     others = "; thin lines: the other classes" if len(fg_labels) > 1 else ""
     fig.suptitle(f"{rank} case {case}: {results['labels'][c]} (label {c}, thick lines{others}), "

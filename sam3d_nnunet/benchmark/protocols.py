@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 

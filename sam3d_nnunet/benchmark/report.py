@@ -3,7 +3,6 @@ NSD at every tolerance, the iterative-correction curves, per-case Dice and the p
 from __future__ import annotations
 
 import math
-import os
 from typing import List, Optional
 
 from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name, iterative_protocol_name
@@ -76,10 +75,12 @@ def render_report(results: dict) -> str:
     w(f"# Benchmark: {results['dataset']}, {results['configuration']}, "
       f"fold{'s' if len(results['folds']) > 1 else ''} {', '.join(str(f) for f in results['folds'])}")
     w("")
+    axes = results["methods"][base_key].get("test_time_mirroring_axes")
+    tta = ("test-time mirroring as trained" if axes is None else
+           f"test-time mirroring along axes {tuple(axes)}" if axes else "no test-time mirroring")
     w(f"{n_cases} validation case(s) of nnU-Net's `splits_final.json` "
       f"({', '.join(f'fold {f}' for f in results['folds'])}), the same cases for every method (checked). "
-      f"nnU-Net's baseline is its own cross-validation output (`fold_X/validation`, test-time mirroring as "
-      f"trained); each SAM3D model predicts every case again over the whole volume, once per click protocol, "
+      f"nnU-Net's baseline is its own cross-validation output (`fold_X/validation`, {tta}); each SAM3D model predicts every case again over the whole volume, once per click protocol, "
       f"with seeded clicks (seed {results['seed']}) drawn from the native ground truth. Scores against "
       f"`gt_segmentations` in native geometry: nnU-Net's Dice and the normalised surface Dice (NSD) at the real "
       f"spacing; mean over cases in %, a class absent from both reference and prediction is left out of the "
@@ -105,8 +106,9 @@ def render_report(results: dict) -> str:
     w("")
     w("Tuned params: parameters trained (SAM3D: adapters, necks, prompt encoder, decoder; the frozen SAM weights "
       "are not counted; nnU-Net: all). s / case: wall time per case on this machine, preprocessing + prediction + "
-      "resampling to native geometry (nnU-Net: its predictor with default settings, timed on "
-      f"{results['methods'][base_key].get('timing', {}).get('n_cases', 'n/a')} case(s)).")
+      "resampling to native geometry (nnU-Net: its own predictor, sliding window step 0.5, "
+      f"{tta}, timed on {results['methods'][base_key].get('timing', {}).get('n_cases', 'n/a')} case(s); SAM3D: "
+      f"no test-time augmentation). Times depend on the machine and its load.")
     w("")
 
     # NSD at every tolerance

@@ -29,14 +29,14 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sam3d_nnunet.benchmark.protocols import (AUTO, add_correction_clicks_native, area_under_curve,
                                               clicks_protocol_name, iterative_protocol_name, nested_click_prompts,
-                                              prompts_from_json, prompts_key, prompts_to_json)
+                                              prompts_key, prompts_to_json)
 
 RESULTS_VERSION = 1
 
@@ -404,7 +404,7 @@ class BenchmarkRunner:
         from sam3d_nnunet.inference import sam3d_trainers_visible
 
         fold = int(self.cfg.folds[0])
-        info = {"parameters": None, "time_per_case_s": None}
+        info = {"parameters": None, "time_per_case_s": None, "test_time_mirroring_axes": None}
         try:
             predictor = nnUNetPredictor(device=torch.device(self.cfg.device), verbose=False,
                                         verbose_preprocessing=False, allow_tqdm=False)
@@ -413,6 +413,8 @@ class BenchmarkRunner:
         except Exception as error:  # the trainer class may not be importable here: timing is optional
             warnings.warn(f"could not load the baseline model ({error!r}); parameter count and timing omitted")
             return info
+        axes = predictor.allowed_mirroring_axes
+        info["test_time_mirroring_axes"] = [int(a) for a in axes] if axes else []
         n = sum(p.numel() for p in predictor.network.parameters())
         n_train = sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)
         info["parameters"] = {"total_trainable": int(n_train), "total": int(n), "tuned": int(n_train)}
@@ -632,7 +634,8 @@ class _CasePredictor:
             atomic_write_json(side_file, {**expected, "time_s": times})
         self.last_segmentation = seg
         result = {"protocol": protocol, "prediction_file": pred_file, "reused": reused,
-                  "time_s": float(sum(times.values())), "time_breakdown_s": times,
+                  "time_s": float(sum(float(times[k]) for k in ("preprocess", "predict", "export"))),
+                  "time_breakdown_s": times,
                   "metrics": self.runner.score(self.case, pred_file)}
         self._done[key] = {**result, "_segmentation": seg}
         return result
