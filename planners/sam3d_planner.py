@@ -40,16 +40,17 @@ windowed 3D ViT has no use for them and the cascade needs a U-Net):
   variant), then shrunk one unit at a time along the axis of largest physical extent until the training
   memory estimate fits the budget;
 * the batch size: the most samples that fit the budget, capped (like nnU-Net) so one batch covers at most
-  5% of the dataset's voxels, but at least ``min_batch_size`` (2, or 1 where 2 would not fit).
+  5% of the dataset's voxels, but at least ``min_batch_size`` (2, or 1 where 2 would not fit);
+* ``gradient_checkpointing`` (recompute each transformer block in the backward pass): on where memory is
+  short, i.e. where the reference patch with ``min_batch_size`` samples would not fit the budget without it
+  (the paper setting, vit_b 128^3, at 12 GB). It saves about two thirds of the memory for about 35% more
+  time per step, so it is used to reach the reference patch and the minimum batch, not to grow the batch:
+  with it on, the batch stays at ``min_batch_size``.
 
 Memory budget: ``gpu_memory_target_in_gb`` (nnU-Net's ``-gpu_memory_target``), default 12 GB of GPU memory
-for training, the reference target. ``estimate_training_memory_gb`` is a coarse analytical model (mixed
-precision, memory-efficient attention, AdamW on the trainable tensors): weights, gradients and optimiser
-state, plus per-token activations of every transformer block (backward passes through all blocks because an
-adapter sits at every block's input), the necks and the convolutional decoder, plus a fixed 0.75 GB
-workspace. It puts the paper setting (vit_b, 128^3, batch 1) at about 11.5 GB. It is not a measurement:
-raise or lower ``-gpu_memory_target`` after looking at real usage. If the model package exposes
-``estimate_training_memory_gb`` it is used instead.
+for training, the reference target. The estimate is ``sam3d_nnunet.model.estimate_training_memory_gb``, a
+model fitted to training steps measured on a GPU (bf16 autocast; within 2% for vit_b and vit_l, see
+BENCHMARKS.md): vit_b 128^3 batch 1 is 12.7 GB without checkpointing and 4.3 GB with it.
 
 The plans file (identifier ``SAM3DPlans``) holds, besides nnU-Net's usual entries,
 ``configurations.3d_fullres.architecture = {"network_class_name": "sam3d_nnunet.model.SAM3DNet",
@@ -72,12 +73,11 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
+from sam3d_nnunet.model import estimate_training_memory_gb
+
 NETWORK_CLASS_NAME = "sam3d_nnunet.model.SAM3DNet"
 DEFAULT_PLANS_NAME = "SAM3DPlans"
 DEFAULT_GPU_MEMORY_TARGET_GB = 12.0
-
-# Approximate parameter counts (whole SAM3DNet) for the memory estimate.
-_APPROX_PARAMS = {"tiny": 0.8e6, "vit_b": 112e6, "vit_l": 330e6, "vit_h": 660e6}
 
 # Per-variant choices of the planner: token stride, attention window (in tokens) and the reference (largest)
 # patch. Adapter and neck widths come from the model's variant table (vit_b: adapter 384, necks 256, the
@@ -92,43 +92,10 @@ VARIANT_DEFAULTS = {
 
 
 def _variant_dims(variant: str):
-    """(embed_dim, depth, num_heads, approx. parameter count, adapter width, neck width) of a SAM variant."""
+    """(adapter width, neck width) of a SAM variant."""
     from sam3d_nnunet.model import get_variant
     v = get_variant(variant)
-    return (v.embed_dim, v.depth, v.num_heads, _APPROX_PARAMS.get(variant, 14 * v.depth * v.embed_dim ** 2),
-            v.default_adapter_dim, v.default_neck_dim)
-
-
-def estimate_training_memory_gb(variant: str, patch_size: Sequence[int], token_stride: Union[int, Sequence[int]],
-                                batch_size: int = 1,
-                                adapter_dim: Optional[int] = None, neck_dim: int = 256,
-                                finetune: str = "adapter") -> float:
-    """Coarse GPU memory estimate (GB) of one training step; see the module docstring."""
-    try:
-        from sam3d_nnunet.model import estimate_training_memory_gb as model_estimate  # noqa: WPS433
-    except Exception:
-        model_estimate = None
-    if model_estimate is not None:
-        return float(model_estimate(variant=variant, patch_size=tuple(int(p) for p in patch_size),
-                                    token_stride=token_stride, batch_size=batch_size, adapter_dim=adapter_dim,
-                                    neck_dim=neck_dim, finetune=finetune))
-    dim, depth, _heads, n_params, default_adapter, _neck = _variant_dims(variant)
-    adapter_dim = adapter_dim if adapter_dim is not None else default_adapter
-    voxels = float(np.prod(patch_size, dtype=np.float64))
-    strides = [token_stride] * 3 if isinstance(token_stride, (int, np.integer)) else list(token_stride)
-    tokens = voxels / float(np.prod(strides))
-    # weights fp32; gradients + AdamW moments (12 B) for trainable tensors
-    trainable = n_params if finetune == "full" else 0.25 * n_params
-    weights = n_params * 4 + trainable * 12
-    # activations kept for backward (bytes, half precision, memory-efficient attention): about 24 * width
-    # bytes per token per transformer block (Korthikanti et al. 2022 without the attention-score term) plus
-    # the adapter's bottleneck; 4 neck maps; the decoder's convolutions at half resolution and the logits
-    blocks = depth * tokens * (24 * dim + 4 * adapter_dim)
-    necks = 4 * tokens * neck_dim * 4 * 2
-    level = neck_dim // 2
-    decoder = (voxels / 8) * (4 * 2 * level * 3 + 4 * level + 1) * 2 + voxels * 2 * 4 * 4
-    total = weights + batch_size * (blocks + necks + decoder) + 0.75e9
-    return total / 1e9
+    return v.default_adapter_dim, v.default_neck_dim
 
 
 def loud_warning(message: str) -> None:
@@ -295,7 +262,7 @@ class SAM3DPlanner(ExperimentPlanner):
     # ------------------------------------------------------------------ choices for the ViT
     def variant_arch_defaults(self) -> dict:
         d = deepcopy(VARIANT_DEFAULTS[self.sam_variant])
-        _dim, _depth, _heads, _n, d["adapter_dim"], d["neck_dim"] = _variant_dims(self.sam_variant)
+        d["adapter_dim"], d["neck_dim"] = _variant_dims(self.sam_variant)
         return d
 
     def choose_token_stride(self, spacing: Sequence[float]) -> List[int]:
@@ -313,15 +280,16 @@ class SAM3DPlanner(ExperimentPlanner):
         return strides
 
     def choose_patch_and_batch(self, spacing: Sequence[float], median_shape: Sequence[float],
-                               approximate_n_voxels_dataset: float) -> Tuple[List[int], int, float]:
-        """(patch_size, batch_size, estimated GB) for the given (transposed) spacing and median shape."""
+                               approximate_n_voxels_dataset: float) -> Tuple[List[int], int, bool, float]:
+        """(patch_size, batch_size, gradient_checkpointing, estimated GB) for the given (transposed) spacing and
+        median shape; see the module docstring."""
         d = self.variant_arch_defaults()
         strides, window = self.choose_token_stride(spacing), d["window_size"]
         units = [st * window for st in strides]
 
-        def estimate(p, bs):
+        def estimate(p, bs, checkpointing):
             return estimate_training_memory_gb(self.sam_variant, p, strides, bs, d["adapter_dim"], d["neck_dim"],
-                                               self.finetune)
+                                               self.finetune, checkpointing)
 
         # start from the reference number of TOKENS, the token grid shaped so the patch is physically about
         # cubic (tokens along an axis proportional to 1 / (stride * spacing))
@@ -331,33 +299,38 @@ class SAM3DPlanner(ExperimentPlanner):
         initial = grid * np.asarray(strides, dtype=float)
         cap = [round_up(m, u) for m, u in zip(median_shape, units)]
         patch = [min(round_nearest(i, u), c) for i, u, c in zip(initial, units, cap)]
+        checkpointing = estimate(patch, self.min_batch_size, False) > self.memory_target_gb
         # shrink, one unit at a time, the axis with the largest physical extent (keeps the patch's physical
         # shape close to a cube); ties: the axis largest relative to the median shape
-        while estimate(patch, 1) > self.memory_target_gb and any(p > u for p, u in zip(patch, units)):
+        while estimate(patch, 1, checkpointing) > self.memory_target_gb and any(p > u for p, u in zip(patch, units)):
             keys = [(p * s, p / max(m, 1.0)) if p > u else (-1.0, -1.0)
                     for p, u, s, m in zip(patch, units, spacing, median_shape)]
             axis = max(range(len(patch)), key=lambda i: keys[i])
             patch[axis] -= units[axis]
-        est1 = estimate(patch, 1)
+        est1 = estimate(patch, 1, checkpointing)
         if est1 > self.memory_target_gb:
             warnings.warn(f"SAM3DPlanner: even the smallest patch {patch} is estimated at {est1:.1f} GB, above the "
                           f"{self.memory_target_gb} GB target; choose a smaller SAM variant or raise "
                           f"-gpu_memory_target.")
-        # batch size: as many as fit, capped at 5% of the dataset's voxels, at least min_batch_size if it fits
+        # batch size: as many as fit (with checkpointing: up to min_batch_size), capped at 5% of the dataset's
+        # voxels, at least min_batch_size if it fits
+        most = self.min_batch_size if checkpointing else 64
         bs_fit = 1
-        while bs_fit < 64 and estimate(patch, bs_fit + 1) <= self.memory_target_gb:
+        while bs_fit < most and estimate(patch, bs_fit + 1, checkpointing) <= self.memory_target_gb:
             bs_fit += 1
         bs_5pct = int(round(approximate_n_voxels_dataset * self.max_dataset_covered
                             / float(np.prod(patch, dtype=np.float64))))
         batch_size = max(min(bs_fit, bs_5pct), min(self.min_batch_size, bs_fit))
-        return [int(p) for p in patch], int(batch_size), float(estimate(patch, batch_size))
+        return ([int(p) for p in patch], int(batch_size), bool(checkpointing),
+                float(estimate(patch, batch_size, checkpointing)))
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:
         if len(spacing) != 3:
             raise RuntimeError("SAM3DPlanner only plans 3D configurations")
         d = self.variant_arch_defaults()
-        patch, batch_size, est = self.choose_patch_and_batch(spacing, median_shape, approximate_n_voxels_dataset)
+        patch, batch_size, checkpointing, est = self.choose_patch_and_batch(spacing, median_shape,
+                                                                            approximate_n_voxels_dataset)
         strides = self.choose_token_stride(spacing)
         arch_kwargs = {
             "variant": self.sam_variant,
@@ -367,12 +340,17 @@ class SAM3DPlanner(ExperimentPlanner):
             "adapter_dim": d["adapter_dim"],
             "neck_dim": d["neck_dim"],
             "finetune": self.finetune,
+            "gradient_checkpointing": checkpointing,
         }
         resampling_data, resampling_data_kwargs, resampling_seg, resampling_seg_kwargs = self.determine_resampling()
         resampling_softmax, resampling_softmax_kwargs = self.determine_segmentation_softmax_export_fn()
         normalization_schemes, mask_is_used_for_norm = \
             self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
         self._last_memory_estimate_gb = est
+        if checkpointing:
+            print(f"SAM3DPlanner: activation checkpointing ON: patch {patch} with {self.min_batch_size} samples is "
+                  f"estimated above the {self.memory_target_gb:g} GB target without it; with it, batch "
+                  f"{batch_size} is estimated at {est:.1f} GB (about 35% more time per step)", flush=True)
         return {
             'data_identifier': data_identifier,
             'preprocessor_name': self.preprocessor_name,
