@@ -568,21 +568,20 @@ def load_checkpoint_safely(path: PathLike, map_location="cpu"):
 
 
 def check_model_checkpoints(model_folder: PathLike, folds: Optional[Sequence[Union[int, str]]],
-                            checkpoint_name: str = "checkpoint_final.pth") -> None:
+                            checkpoint_name: str = "checkpoint_final.pth") -> dict:
     """``load_checkpoint_safely`` on ``fold_X/checkpoint_name`` of every fold (``folds`` None: every ``fold_*``
     folder holding one, as nnU-Net's auto-detection) of a trained model folder, before nnU-Net's predictor
-    loads them with ``weights_only=False``."""
+    loads them with ``weights_only=False``. Returns {fold: checkpoint}."""
     model_folder = os.fspath(model_folder)
     check_plain_name(checkpoint_name, "checkpoint name", error=CheckpointError)
     if not os.path.isdir(model_folder):
-        return  # the loader's own error names the missing folder
+        return {}  # the loader's own error names the missing folder
     if folds is None:
         folds = [d[len("fold_"):] for d in sorted(os.listdir(model_folder))
                  if d.startswith("fold_") and os.path.isfile(os.path.join(model_folder, d, checkpoint_name))]
     elif isinstance(folds, (str, int)):
         folds = [folds]
-    for f in folds:
-        load_checkpoint_safely(os.path.join(model_folder, f"fold_{f}", checkpoint_name))
+    return {f: load_checkpoint_safely(os.path.join(model_folder, f"fold_{f}", checkpoint_name)) for f in folds}
 
 
 __all__ = ["InputFileError", "CheckpointError", "UnsafeCheckpointError", "GEOMETRY_TOLERANCE", "check_plain_name",

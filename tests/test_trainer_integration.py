@@ -380,6 +380,43 @@ def test_phantoms_train_validate_select(phantom_pipeline):
     b = sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "validation" / f"{case}.nii.gz")))
     assert np.array_equal(a, b), "predict path and validation path disagree"
 
+    # slim checkpoints: the trainer writes one without the frozen SAM tensors and reads it back exactly; the
+    # predictor restores it from the SAM checkpoint and predicts the same file
+    slim_folder = pipe.root / "slim_model"
+    shutil.copytree(pipe.results(trainer), slim_folder, ignore=shutil.ignore_patterns("validation", "*.png"))
+    out = _run([sys.executable, "-c", SLIM_ROUNDTRIP, str(pipe.results(trainer)),
+                str(slim_folder / "fold_0" / "checkpoint_final.pth")], pipe.env).stdout
+    assert "slim checkpoint OK" in out
+    assert (slim_folder / "fold_0" / "checkpoint_final.pth").stat().st_size < (fold / "checkpoint_final.pth").stat().st_size
+    slim_pred = PromptedPredictor.from_trained_model_folder(str(slim_folder), (0,))
+    slim_out = pipe.root / "predict_check" / f"{case}_slim"
+    slim_pred.predict_raw_case([str(pipe.root / "raw" / pipe.name / "imagesTr" / f"{case}_0000.nii.gz")],
+                               raw_prompts, str(slim_out))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(slim_out) + ".nii.gz")), a)
+
+
+SLIM_ROUNDTRIP = """
+import sys, torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from sam3d_nnunet.model.slim_checkpoint import SLIM_KEY
+from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D_1epoch as Trainer
+folder, out = sys.argv[1], sys.argv[2]
+dataset_json = load_json(folder + '/dataset.json')
+plans = lambda: {**load_json(folder + '/plans.json'), 'continue_training': True}  # nnU-Net 2.8's run_training sets it
+full = Trainer(plans(), '3d_fullres', 0, dataset_json, device=torch.device('cpu'))
+full.load_checkpoint(folder + '/fold_0/checkpoint_final.pth')
+full.slim_checkpoints = True
+full.save_checkpoint(out)
+written = torch.load(out, weights_only=False)  # written just above by this script
+omitted = written[SLIM_KEY]['omitted_keys']
+assert len(omitted) > 10 and not set(omitted) & set(written['network_weights'])
+again = Trainer(plans(), '3d_fullres', 0, dataset_json, device=torch.device('cpu'))
+again.load_checkpoint(out)
+a, b = full._net().state_dict(), again._net().state_dict()
+assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+print('slim checkpoint OK', len(omitted))
+"""
+
 
 @pytest.mark.slow
 def test_killed_training_resumes_with_c(phantom_pipeline):

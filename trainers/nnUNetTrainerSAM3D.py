@@ -33,7 +33,9 @@ oversampling, splits, logging, checkpoint schedule, is inherited unchanged):
   with nnU-Net's ``export_prediction_from_logits`` to ``fold_X/validation`` and scored with
   ``compute_metrics_on_folder`` (``summary.json``). The clicks used (raw voxel indices, reader array order)
   are written to ``fold_X/validation/prompts.json``.
-* checkpoints are written atomically (temporary file in the same folder, then ``os.replace``).
+* checkpoints are written atomically (temporary file in the same folder, then ``os.replace``); slim (without
+  the frozen SAM tensors, restored from the SAM checkpoint on load) with ``slim_checkpoints = True`` or
+  ``SAM3D_SLIM_CHECKPOINTS=1`` (``sam3d_nnunet.model.slim_checkpoint``).
 
 Variants (attributes only):
 
@@ -52,6 +54,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import tempfile
 import warnings
 from time import sleep
 from typing import List, Optional
@@ -110,6 +113,9 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     # 'auto': bf16 autocast where the hardware has fast bf16 (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp32
     # elsewhere; bf16 needs no GradScaler. 'fp32' / 'bf16' force it. Validation predicts at the same precision.
     precision: str = "auto"
+    # True (or the environment variable SAM3D_SLIM_CHECKPOINTS=1): checkpoints leave out the frozen SAM tensors
+    # and name the SAM checkpoint that restores them (sam3d_nnunet.model.slim_checkpoint)
+    slim_checkpoints: bool = False
 
     # ---- click simulation ------------------------------------------------------------------------
     max_positive_clicks: int = 10
@@ -316,7 +322,7 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written to a temporary name in the same folder and moved into place with
-        ``os.replace``: an interrupted save never leaves a truncated ``checkpoint_*.pth``."""
+        ``os.replace``: an interrupted save never leaves a truncated ``checkpoint_*.pth``. Slim if asked."""
         if self.local_rank != 0:
             return
         folder, base = os.path.split(os.path.abspath(filename))
@@ -324,10 +330,32 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
         try:
             super().save_checkpoint(tmp)
             if os.path.isfile(tmp):
+                if self.wants_slim_checkpoints():
+                    self._make_slim(tmp)
                 os.replace(tmp, filename)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+    def wants_slim_checkpoints(self) -> bool:
+        return self.slim_checkpoints or os.environ.get("SAM3D_SLIM_CHECKPOINTS", "0").lower() in ("1", "true", "yes")
+
+    def _make_slim(self, path: str) -> None:
+        """Rewrite the checkpoint just saved at ``path`` without the frozen SAM tensors."""
+        from sam3d_nnunet.model.slim_checkpoint import SLIM_KEY, omitted_keys, slim_weights
+        sam_path = self.sam_checkpoint_path()
+        if sam_path is None:
+            if not getattr(self, "_warned_slim", False):
+                self._warned_slim = True
+                self.print_to_log_file("slim checkpoints asked for, but the plans name no SAM checkpoint (random "
+                                       "initial weights cannot be restored): writing full checkpoints")
+            return
+        if getattr(self, "_slim_keys", None) is None:
+            self._slim_keys = omitted_keys(self._net(), sam_path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # written by this trainer just now
+        checkpoint["network_weights"], checkpoint[SLIM_KEY] = slim_weights(checkpoint["network_weights"],
+                                                                          self._slim_keys, sam_path)
+        torch.save(checkpoint, path)
 
     def on_train_start(self):
         # temporary files of a save that a killed run left behind
@@ -339,11 +367,30 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's, after reading the file with ``weights_only=True`` (``sam3d_nnunet.validation``): a
-        checkpoint whose pickle would run code is refused (``--c``, ``--val``) before nnU-Net unpickles it."""
+        checkpoint whose pickle would run code is refused (``--c``, ``--val``) before nnU-Net unpickles it. A slim
+        checkpoint gets its frozen SAM tensors back from the SAM checkpoint it names."""
+        from sam3d_nnunet.model.slim_checkpoint import SLIM_KEY, complete_slim_weights
+        name = "<checkpoint>"
         if isinstance(filename_or_checkpoint, (str, os.PathLike)):
             from sam3d_nnunet.validation import load_checkpoint_safely
-            load_checkpoint_safely(filename_or_checkpoint)
-            filename_or_checkpoint = os.fspath(filename_or_checkpoint)
+            name = os.fspath(filename_or_checkpoint)
+            checkpoint = load_checkpoint_safely(filename_or_checkpoint)
+            filename_or_checkpoint = checkpoint if SLIM_KEY in checkpoint else name
+        if isinstance(filename_or_checkpoint, dict) and SLIM_KEY in filename_or_checkpoint:
+            if not self.was_initialized:
+                self.initialize()
+            checkpoint = dict(filename_or_checkpoint)
+            checkpoint["network_weights"] = complete_slim_weights(checkpoint["network_weights"],
+                                                                  checkpoint.pop(SLIM_KEY), self._net(), name)
+            # nnU-Net 2.8's load_checkpoint only reads files (a dict argument fails there): a temporary full copy
+            handle, full = tempfile.mkstemp(prefix="sam3d_full_", suffix=".pth")
+            os.close(handle)
+            try:
+                torch.save(checkpoint, full)
+                super().load_checkpoint(full)
+            finally:
+                os.remove(full)
+            return
         super().load_checkpoint(filename_or_checkpoint)
 
     # ------------------------------------------------------------------ final (prompted) validation

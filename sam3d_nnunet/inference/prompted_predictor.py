@@ -45,6 +45,7 @@ native ground truth, ``n_clicks`` (default 1) uniformly random voxels of that cl
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -165,10 +166,14 @@ class PromptedPredictor:
 
         base = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False,
                                use_mirroring=kwargs.get("use_mirroring", False))
+        from sam3d_nnunet.model.slim_checkpoint import SLIM_KEY
         from sam3d_nnunet.validation import check_model_checkpoints
-        check_model_checkpoints(model_folder, folds, checkpoint_name)  # weights_only: refuses pickled code
+        checkpoints = check_model_checkpoints(model_folder, folds, checkpoint_name)  # weights_only: no pickled code
         with sam3d_trainers_visible():
-            base.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+            if any(SLIM_KEY in c for c in checkpoints.values()):
+                _initialize_from_slim_checkpoints(base, model_folder, checkpoints, checkpoint_name)
+            else:
+                base.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
             trainer_class = recursive_find_trainer_class_by_name(base.trainer_name)
         prompted = bool(getattr(trainer_class, "use_prompts", True))
         kwargs.setdefault("max_windows_per_class", getattr(trainer_class, "max_windows_per_class", 8))
@@ -341,6 +346,43 @@ class PromptedPredictor:
             warnings.warn(f"class {class_id}: stopped at {self.max_windows_per_class} windows")
         return prob, done, hit_limit
 
+
+
+def _initialize_from_slim_checkpoints(base, model_folder: str, checkpoints: dict, checkpoint_name: str) -> None:
+    """``nnUNetPredictor.initialize_from_trained_model_folder`` for checkpoints without the frozen SAM tensors
+    (``sam3d_nnunet.model.slim_checkpoint``): the same steps, the omitted tensors converted again from the
+    SAM checkpoint each one names."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from sam3d_nnunet.model.slim_checkpoint import SLIM_KEY, complete_slim_weights
+
+    dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
+    plans_manager = PlansManager(load_json(os.path.join(model_folder, "plans.json")))
+    first = next(iter(checkpoints.values()))
+    trainer_name = first["trainer_name"]
+    configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
+    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+    num_input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+
+    def build():
+        return trainer_class.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_outputs, enable_deep_supervision=False)
+
+    parameters = []
+    for fold, checkpoint in checkpoints.items():
+        weights = checkpoint["network_weights"]
+        if SLIM_KEY in checkpoint:
+            weights = complete_slim_weights(weights, checkpoint[SLIM_KEY], build(),
+                                            os.path.join(model_folder, f"fold_{fold}", checkpoint_name))
+        parameters.append(weights)
+    network = build()
+    network.load_state_dict(parameters[0])
+    base.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name,
+                               first.get("inference_allowed_mirroring_axes"))
 
 
 @contextlib.contextmanager
