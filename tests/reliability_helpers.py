@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tiny_plans import DATASET_JSON, tiny_plans  # noqa: F401  (re-exported to the reliability tests)
+
 BIN = Path(sys.executable).parent
 LOG = Path(os.environ.get("SAM3D_RELIABILITY_LOG", "/tmp/sam3d_reliability/records.jsonl"))
 # one id per pytest session: the first reliability module imported sets it, the others inherit it
@@ -131,13 +133,6 @@ def files_outside(root: Path, allowed: Sequence[Path]) -> list:
 
 # --------------------------------------------------------------------------------------------- model folders
 TINY_PATCH = (32, 32, 32)
-DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumour": 2},
-                "numTraining": 2, "file_ending": ".nii.gz"}
-
-
-def tiny_plans(patch=TINY_PATCH) -> dict:
-    from test_trainer_integration import _tiny_plans  # the project's minimal SAM3D plans
-    return _tiny_plans(patch=tuple(patch))
 
 
 def nnunet_checkpoint(plans: dict, dataset_json: dict, trainer: str = "nnUNetTrainerSAM3D", seed: int = 0) -> dict:

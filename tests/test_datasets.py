@@ -262,11 +262,11 @@ def test_ignore_label_is_planned_and_region_based_datasets_are_refused(tmp_path,
     assert not (tmp_path / "pre" / "Dataset971_Plan" / "SAM3DPlans.json").exists()
     # the trainers refuse region-based plans as well (a plans file made by another planner)
     from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D
-    from test_trainer_integration import _tiny_plans
+    from tiny_plans import tiny_plans
     dj = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "whole": [1, 2], "core": 2},
           "regions_class_order": [1, 2], "numTraining": 4, "file_ending": ".nii.gz"}
     with pytest.raises(NotImplementedError, match="region-based"):
-        nnUNetTrainerSAM3D(dict(_tiny_plans(), continue_training=False), "3d_fullres", 0, dj, torch.device("cpu"))
+        nnUNetTrainerSAM3D(dict(tiny_plans(), continue_training=False), "3d_fullres", 0, dj, torch.device("cpu"))
 
 
 # =================================================================================================== ignore label
@@ -276,12 +276,12 @@ def test_ignore_label_is_never_clicked_and_masked_out_of_the_loss(tmp_path, monk
     land on them."""
     from sam3d_nnunet.prompts.simulation import add_correction_clicks, simulate_training_prompts
     from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D
-    from test_trainer_integration import _tiny_plans
+    from tiny_plans import tiny_plans
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, str(tmp_path / k))
     dj = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumour": 2, "ignore": 3},
           "numTraining": 4, "file_ending": ".nii.gz"}
-    trainer = nnUNetTrainerSAM3D(dict(_tiny_plans((16, 16, 16)), continue_training=False), "3d_fullres", 0, dj,
+    trainer = nnUNetTrainerSAM3D(dict(tiny_plans((16, 16, 16)), continue_training=False), "3d_fullres", 0, dj,
                                  torch.device("cpu"))
     assert trainer.label_manager.ignore_label == 3 and list(trainer.label_manager.foreground_labels) == [1, 2]
     loss_fn = trainer._build_loss()

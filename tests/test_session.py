@@ -18,6 +18,8 @@ import pytest
 import torch
 from scipy import ndimage
 
+from tiny_plans import DATASET_JSON, tiny_plans
+
 SITK = pytest.importorskip("SimpleITK")
 
 
@@ -75,38 +77,10 @@ class ThresholdOracleNet(torch.nn.Module):
         return torch.stack([torch.zeros_like(m1), m1] + [torch.full_like(m1, -10.0)] * (self.num_classes - 2), 1)
 
 
-def _plans(patch=(32, 32, 32), spacing=(1.0, 1.0, 1.0), transpose=(0, 1, 2), norm="NoNormalization",
-           arch_kwargs=None):
-    back = [int(np.argwhere(np.array(transpose) == i)[0][0]) for i in range(3)]
-    return {
-        "dataset_name": "Dataset998_Session", "plans_name": "SAM3DPlans",
-        "original_median_spacing_after_transp": list(spacing), "original_median_shape_after_transp": list(patch),
-        "image_reader_writer": "SimpleITKIO", "transpose_forward": list(transpose), "transpose_backward": back,
-        "experiment_planner_used": "SAM3DPlanner", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {"max": 200.0, "mean": 60.0, "median": 60.0,
-                                                              "min": -50.0, "percentile_00_5": -20.0,
-                                                              "percentile_99_5": 150.0, "std": 30.0}},
-        "configurations": {"3d_fullres": {
-            "data_identifier": "SAM3DPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": list(patch), "median_image_size_in_voxels": list(patch),
-            "spacing": list(spacing), "normalization_schemes": [norm], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                   "force_separate_z": None},
-            "architecture": {"network_class_name": "sam3d_nnunet.model.SAM3DNet",
-                             "arch_kwargs": arch_kwargs or {"variant": "tiny", "patch_size": list(patch),
-                                                            "token_stride": 4, "window_size": 4, "adapter_dim": 32,
-                                                            "neck_dim": 32, "finetune": "adapter"},
-                             "_kw_requires_import": []},
-            "batch_dice": False}},
-    }
+def _plans(patch=(32, 32, 32), norm="NoNormalization", **kwargs):
+    return tiny_plans(patch, norm=norm, dataset_name="Dataset998_Session", **kwargs)
 
 
-DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumour": 2},
-                "numTraining": 2, "file_ending": ".nii.gz"}
 
 
 def _oracle_session(patch=(32, 32, 32), max_windows=64, **plan_kwargs):

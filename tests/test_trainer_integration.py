@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_plans import DATASET_JSON, tiny_plans
+
 BIN = Path(sys.executable).parent
 VARIANTS = ["nnUNetTrainerSAM3D", "nnUNetTrainerSAM3D_full", "nnUNetTrainerSAM3D_LoRA", "nnUNetTrainerSAM3D_auto",
             "nnUNetTrainerSAM3D_1epoch", "nnUNetTrainerSAM3D_5epochs"]
@@ -66,44 +68,15 @@ def test_variants_only_change_attributes():
     assert m.nnUNetTrainerSAM3D_auto.use_prompts is False
 
 
-def _tiny_plans(patch=(32, 32, 32), spacing=(1.0, 1.0, 1.0), transpose=(0, 1, 2)):
-    """A minimal SAM3D plans dict (what SAM3DPlanner writes), for fast tests."""
-    back = [int(np.argwhere(np.array(transpose) == i)[0][0]) for i in range(3)]
-    return {
-        "dataset_name": "Dataset999_Fake", "plans_name": "SAM3DPlans",
-        "original_median_spacing_after_transp": list(spacing), "original_median_shape_after_transp": list(patch),
-        "image_reader_writer": "SimpleITKIO", "transpose_forward": list(transpose), "transpose_backward": back,
-        "experiment_planner_used": "SAM3DPlanner", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {"max": 200.0, "mean": 60.0, "median": 60.0,
-                                                              "min": -50.0, "percentile_00_5": -20.0,
-                                                              "percentile_99_5": 150.0, "std": 30.0}},
-        "configurations": {"3d_fullres": {
-            "data_identifier": "SAM3DPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": list(patch), "median_image_size_in_voxels": list(patch),
-            "spacing": list(spacing), "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": {"network_class_name": "sam3d_nnunet.model.SAM3DNet",
-                             "arch_kwargs": {"variant": "tiny", "patch_size": list(patch), "token_stride": 4,
-                                             "window_size": 4, "adapter_dim": 32, "neck_dim": 32,
-                                             "finetune": "adapter"},
-                             "_kw_requires_import": []},
-            "batch_dice": False}},
-    }
 
 
-DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumour": 2},
-                "numTraining": 2, "file_ending": ".nii.gz"}
 
 
 def test_variant_builds_its_own_network_and_checkpoints_do_not_mix():
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     import sam3d_nnunet.trainers.nnUNetTrainerSAM3D as m
-    pm = PlansManager(_tiny_plans())
+    pm = PlansManager(tiny_plans())
     cm = pm.get_configuration("3d_fullres")
     nets = {name: getattr(m, name).build_network_architecture(pm, cm, 1, 3, True)
             for name in ["nnUNetTrainerSAM3D", "nnUNetTrainerSAM3D_full", "nnUNetTrainerSAM3D_LoRA"]}
@@ -144,7 +117,7 @@ class _OracleNet(torch.nn.Module):
 def _predictor(net, patch=(32, 32, 32), **kw):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from sam3d_nnunet.inference import PromptedPredictor
-    pm = PlansManager(_tiny_plans(patch))
+    pm = PlansManager(tiny_plans(patch))
     return PromptedPredictor(net, pm, pm.get_configuration("3d_fullres"), DATASET_JSON, "cpu", **kw)
 
 
@@ -226,7 +199,7 @@ def test_raw_clicks_map_into_preprocessed_space(tmp_path):
         itk.SetSpacing((2.0, 1.0, 1.0))
         sitk.WriteImage(itk, str(tmp_path / name))
     # target spacing 1.5 x 0.8 x 0.8 after transposing the thick axis (array axis 2) first
-    pm = PlansManager(_tiny_plans(spacing=(1.5, 0.8, 0.8), transpose=(2, 0, 1)))
+    pm = PlansManager(tiny_plans(spacing=(1.5, 0.8, 0.8), transpose=(2, 0, 1)))
     cm = pm.get_configuration("3d_fullres")
     pre = cm.preprocessor_class(verbose=False)
     data, seg, props = pre.run_case([str(tmp_path / "img_0000.nii.gz")], str(tmp_path / "lab.nii.gz"), pm, cm,

@@ -46,6 +46,15 @@ def _env_int(name: str, default: int) -> int:
     return number
 
 
+def _apply_budget(trainer: nnUNetTrainer, prefix: str) -> None:
+    """Epochs and iterations from ``<prefix>_EPOCHS`` / ``<prefix>_ITERS``; 2 validation batches, a checkpoint
+    every epoch."""
+    trainer.num_epochs = _env_int(f"{prefix}_EPOCHS", 5)
+    trainer.num_iterations_per_epoch = _env_int(f"{prefix}_ITERS", 32)
+    trainer.num_val_iterations_per_epoch = 2
+    trainer.save_every = 1
+
+
 def write_ext_trainer_shim(folder) -> Path:
     """Write the one-line module that makes these trainers visible to nnU-Net when ``folder`` is listed in
     ``nnUNet_extTrainer``; returns the folder."""
@@ -67,10 +76,7 @@ class nnUNetTrainer_budget(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = _env_int("SAM3D_BUDGET_NNUNET_EPOCHS", 5)
-        self.num_iterations_per_epoch = _env_int("SAM3D_BUDGET_NNUNET_ITERS", 32)
-        self.num_val_iterations_per_epoch = 2
-        self.save_every = 1
+        _apply_budget(self, "SAM3D_BUDGET_NNUNET")
 
 
 class nnUNetTrainer_budget_noTTA(nnUNetTrainer_budget):
@@ -89,10 +95,7 @@ class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = _env_int("SAM3D_BUDGET_SAM_EPOCHS", 5)
-        self.num_iterations_per_epoch = _env_int("SAM3D_BUDGET_SAM_ITERS", 32)
-        self.num_val_iterations_per_epoch = 2
-        self.save_every = 1
+        _apply_budget(self, "SAM3D_BUDGET_SAM")
 
 
 __all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
