@@ -453,8 +453,16 @@ def test_dataset_naming_simulated_clicks_auto_and_ensemble(trained, tmp_path, mo
     (tmp_path / "ref").mkdir()
     predictor.predict_raw_case([str(tmp_path / "in" / f"{case}_0000.nii.gz")], prompts, str(tmp_path / "ref" / case))
     ref = SITK.GetArrayFromImage(SITK.ReadImage(str(tmp_path / "ref" / f"{case}.nii.gz")))
-    assert np.array_equal(seg, ref), "predict and the validation path agree"
-    assert np.load(tmp_path / "sim" / f"{case}.npz")["probabilities"].shape == (3, *label.shape)
+    probabilities = np.load(tmp_path / "sim" / f"{case}.npz")["probabilities"]
+    assert probabilities.shape == (3, *label.shape)
+    # nnU-Net's --save_probabilities export takes the argmax of a softmax of the merged probabilities: where two
+    # classes are equal to float32 rounding there, it keeps the lower label. Anywhere else the two paths agree.
+    differ = seg != ref
+    assert differ.mean() < 0.01, f"{differ.sum()} voxels differ"
+    if differ.any():
+        p_seg = np.take_along_axis(probabilities, seg[None].astype(np.int64), 0)[0][differ]
+        p_ref = np.take_along_axis(probabilities, ref[None].astype(np.int64), 0)[0][differ]
+        assert np.abs(p_seg - p_ref).max() <= 1e-6 and (seg[differ] < ref[differ]).all()
     # rerun: skipped
     mtime = (tmp_path / "sim" / f"{case}.nii.gz").stat().st_mtime_ns
     assert main(["predict", *common, "-o", str(tmp_path / "sim"), "-m", str(model), "-f", "0", "--simulate-clicks",
@@ -471,4 +479,4 @@ def test_dataset_naming_simulated_clicks_auto_and_ensemble(trained, tmp_path, mo
     assert main(["predict", *common, "-o", str(tmp_path / "ens"), "-m", str(copy), "-f", "0", "1",
                  "--simulate-clicks", str(raw / "labelsTr"), "--n-clicks", "2", "--seed", "3"]) == 0
     ens = SITK.GetArrayFromImage(SITK.ReadImage(str(tmp_path / "ens" / f"{case}.nii.gz")))
-    assert np.array_equal(ens, seg)
+    assert np.array_equal(ens, ref)

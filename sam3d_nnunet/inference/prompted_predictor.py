@@ -26,7 +26,9 @@ else to background. The returned [num_classes, *shape] tensor holds, per voxel, 
 and ``p_c`` in channel c (0 for classes without prompts). Its argmax is the merged label map, and nnU-Net's
 export (linear resampling of these channels to native geometry, then argmax) reproduces that rule in native
 space. The values are probabilities, not calibrated logits: ``--save_probabilities`` style softmax exports of
-them are monotone but not calibrated.
+them are monotone but not calibrated, and where two classes' probabilities differ by a float32 rounding step
+that softmax can make them equal, so that export's segmentation keeps the lower label there (the plain export
+keeps the higher one).
 
 Automatic (prompt-free) models (``nnUNetTrainerSAM3D_auto``) are predicted with nnU-Net's own sliding window
 (``nnUNetPredictor.predict_sliding_window_return_logits``, Gaussian blending, step 0.5, mirroring off by
