@@ -63,6 +63,7 @@ from nnunetv2.run.run_training import get_trainer_from_args
 trainer = get_trainer_from_args('{DATASET_ID}', '3d_fullres', 0, '{trainer_name}', '{plans}', device=torch.device('cpu'))
 from batchgenerators.utilities.file_and_folder_operations import save_json, join
 trainer.initialize()
+trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the test-time mirroring axes, as training would
 save_json(trainer.plans_manager.plans, join(trainer.output_folder_base, 'plans.json'), sort_keys=False)
 save_json(trainer.dataset_json, join(trainer.output_folder_base, 'dataset.json'), sort_keys=False)
 trainer.save_checkpoint(join(trainer.output_folder, 'checkpoint_final.pth'))
@@ -82,8 +83,10 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
                nnUNet_results=str(work / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2")
+    # the commands of the environment this script runs in, activated or not
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["nnUNet_extTrainer"] = subprocess.run(["sam3d-nnunet", "ext-trainer-dir"], capture_output=True, text=True,
-                                              check=True).stdout.strip()
+                                              check=True, env=env).stdout.strip()
     make_dataset(work / "raw")
     subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"],
                    env=env, check=True, capture_output=True)
