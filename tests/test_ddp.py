@@ -18,14 +18,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, result_file: str) -> None:
+def _worker(rank: int, world: int, port: int, result_file: str, checkpointing: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     from sam3d_nnunet.model import SAM3DNet
 
     torch.manual_seed(0)  # same initial weights on both ranks, as DDP requires
-    model = SAM3DNet(1, 3, variant="tiny", patch_size=(8, 16, 8), token_stride=4, window_size=2)
+    model = SAM3DNet(1, 3, variant="tiny", patch_size=(8, 16, 8), token_stride=4, window_size=2,
+                     gradient_checkpointing=checkpointing)
     ddp = torch.nn.parallel.DistributedDataParallel(model)  # find_unused_parameters=False, as nnU-Net does
     optimizer = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=1e-3)
     torch.manual_seed(1 + rank)
@@ -49,7 +50,10 @@ def _worker(rank: int, world: int, port: int, result_file: str) -> None:
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed/gloo missing")
-def test_ddp_steps_with_and_without_clicks_keep_replicas_identical(tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation_checkpointing"])
+def test_ddp_steps_with_and_without_clicks_keep_replicas_identical(tmp_path, checkpointing):
+    """Also with activation checkpointing, which the planner switches on where memory is short."""
     result = tmp_path / "max_difference.txt"
-    mp.start_processes(_worker, args=(2, _free_port(), str(result)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, _free_port(), str(result), checkpointing), nprocs=2, join=True,
+                       start_method="spawn")
     assert float(result.read_text()) == 0.0  # every rank applied the same averaged gradients
