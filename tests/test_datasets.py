@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from msd_subset import msd_subset
 from test_trainer_integration import Pipeline, _env, _exe, _run  # nnU-Net commands in subprocesses
 
 SITK = pytest.importorskip("SimpleITK")
@@ -420,7 +421,7 @@ def trained(tmp_path_factory, shared_data):
     missing = {}
     hippocampus = shared_data / "Task04_Hippocampus"
     if (hippocampus / "dataset.json").is_file():
-        msd = _msd_subset(hippocampus, root, 6)
+        msd = msd_subset(hippocampus, root, 6)
         _run([_exe("nnUNetv2_convert_MSD_dataset"), "-i", msd, "-overwrite_id", "914", "-np", "2"], env)
         names[914] = "Dataset914_Hippocampus"
     else:
@@ -548,22 +549,6 @@ def test_exported_model_installs_into_empty_results_and_predicts_identically(tra
 
 
 # =================================================================================================== real data
-def _msd_subset(source: Path, root: Path, n: int) -> Path:
-    """The first ``n`` training cases of an MSD task, symlinked into a new MSD-layout folder."""
-    msd = root / "msd" / source.name
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (msd / sub).mkdir(parents=True)
-    dj = json.loads((source / "dataset.json").read_text())
-    training = sorted(dj["training"], key=lambda e: e["image"])[:n]
-    for entry in training:
-        for key, sub in (("image", "imagesTr"), ("label", "labelsTr")):
-            name = Path(entry[key]).name
-            os.symlink(source / sub / name, msd / sub / name)
-    dj.update(training=training, numTraining=len(training), test=[], numTest=0)
-    (msd / "dataset.json").write_text(json.dumps(dj))
-    return msd
-
-
 @pytest.mark.slow
 def test_hippocampus_both_classes_in_one_call(trained):
     """MSD Task04 (MRI, anterior 1 + posterior 2), 6 cases converted with nnU-Net's MSD converter, planned and

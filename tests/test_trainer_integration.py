@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from msd_subset import msd_subset
 from tiny_plans import DATASET_JSON, tiny_plans
 
 BIN = Path(sys.executable).parent
@@ -437,17 +438,7 @@ def test_hippocampus_20_cases(tmp_path_factory, shared_data):
         pytest.skip(f"real data not available: {source} does not exist (the shared data folder is absent)")
     from sam3d_nnunet.model import write_random_sam_checkpoint
     root = tmp_path_factory.mktemp("sam3d_hippocampus")
-    msd = root / "msd" / "Task04_Hippocampus"
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (msd / sub).mkdir(parents=True)
-    dj = json.loads((source / "dataset.json").read_text())
-    training = sorted(dj["training"], key=lambda e: e["image"])[:20]
-    for entry in training:
-        for key, sub in (("image", "imagesTr"), ("label", "labelsTr")):
-            name = Path(entry[key]).name
-            os.symlink(source / sub / name, msd / sub / name)
-    dj.update(training=training, numTraining=len(training), test=[], numTest=0)
-    (msd / "dataset.json").write_text(json.dumps(dj))
+    msd = msd_subset(source, root, 20)
     env = _env(root)
     (root / "raw").mkdir()
     _run([_exe("nnUNetv2_convert_MSD_dataset"), "-i", msd, "-overwrite_id", "904", "-np", "2"], env)
