@@ -83,8 +83,9 @@ def test_non_cubic_crops_and_clear_error_for_bad_grid():
     assert thick(torch.randn(1, 1, 4, 16, 24), target_class=1).shape == (1, 2, 4, 16, 24)
 
 
-def test_decode_with_new_clicks_on_cached_features_equals_a_full_forward():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("decoder", ["mla", "linear"])
+def test_decode_with_new_clicks_on_cached_features_equals_a_full_forward(decoder):
+    model = tiny_model(decoder=decoder).eval()
     image = torch.randn(2, 1, 16, 24, 32)
     clicks = torch.tensor([[[3.0, 5.0, 7.0], [10.0, 2.0, 30.0]], [[8.0, 12.0, 16.0], [0.0, 0.0, 0.0]]])
     labels = torch.tensor([[1, 0], [1, -1]])
@@ -172,7 +173,7 @@ def test_more_input_channels_than_sam_start_as_the_channel_mean():
     torch.manual_seed(0)
     four = SAM3DNet(4, 2, patch_size=(8, 16, 8), **TINY)
     one = SAM3DNet(1, 2, patch_size=(8, 16, 8), **TINY)
-    state = {k: v for k, v in four.state_dict().items() if not k.startswith(("input_mixer", "mask_decoder.image_head"))}
+    state = {k: v for k, v in four.state_dict().items() if not k.startswith(("input_mixer", "mask_decoder.image_head", "mask_decoder.fusion"))}
     one.load_state_dict(state, strict=False)
     image = torch.randn(1, 4, 8, 16, 8)
     with torch.no_grad():
@@ -204,3 +205,26 @@ def test_folded_relative_positions_equal_sams_explicit_bias():
     logits = (q * 8 ** -0.5) @ k.transpose(-1, -2) + bias
     reference = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(bw, 4, 4, 4, 16))
     torch.testing.assert_close(attn(windows, mask), reference, rtol=1e-10, atol=1e-10)
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line():
+    """Checkpoints of the pre-paper-exact network (no version entry) or another version are not loaded."""
+    from sam3d_nnunet.model import IncompatibleCheckpointError
+
+    model = tiny_model()
+    old = {k: v for k, v in model.state_dict().items() if k != "architecture_version"}
+    old["prompt_encoder.no_click_embed"] = torch.zeros(1, 32)  # a tensor only the old network had
+    with pytest.raises(IncompatibleCheckpointError, match="version none") as error:
+        model.load_state_dict(old)
+    assert "\n" not in str(error.value)
+    newer = {**model.state_dict(), "architecture_version": torch.tensor(99)}
+    with pytest.raises(IncompatibleCheckpointError, match="version 99"):
+        model.load_state_dict(newer)
+    model.load_state_dict(tiny_model().state_dict())  # the same version loads
+
+
+def test_unknown_decoder_and_bad_depth_are_refused():
+    with pytest.raises(ValueError, match="unknown decoder"):
+        tiny_model(decoder="unet")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tiny_model(depth=3)

@@ -9,7 +9,6 @@ import torch
 
 from sam3d_nnunet.model import (DROPPED_PREFIXES, SAM3DNet, SAMCheckpointError, load_sam_checkpoint,
                                 read_sam_state_dict, write_random_sam_checkpoint)
-from sam3d_nnunet.model.attention import _resize_table
 from sam3d_nnunet.model.finetune import is_frozen
 from sam3d_nnunet.model.sam_checkpoint import convert_sam_state_dict
 from sam3d_nnunet.model.variants import SAM_VARIANTS
@@ -33,11 +32,8 @@ def _check_loaded(model: SAM3DNet, path: Path) -> None:
     assert frozen and all(is_frozen(n, "adapter") for n in frozen)
     for name in frozen:  # every frozen tensor equals its source
         torch.testing.assert_close(own[name], source[name], rtol=0, atol=0)
-    # the documented transform: the new depth table is the mean of SAM's resized h/w tables
-    block = model.image_encoder.blocks[0].attn
-    n = 2 * block.window_size - 1
-    expected = (_resize_table(source["image_encoder.blocks.0.attn.rel_pos_h"], n)
-                + _resize_table(source["image_encoder.blocks.0.attn.rel_pos_w"], n)) / 2
+    # the published transform: the new depth table is the mean of SAM's h/w tables, at their length
+    expected = (source["image_encoder.blocks.0.attn.rel_pos_h"] + source["image_encoder.blocks.0.attn.rel_pos_w"]) / 2
     torch.testing.assert_close(own["image_encoder.blocks.0.attn.rel_pos_d"], expected)
 
 

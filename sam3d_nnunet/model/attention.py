@@ -60,7 +60,9 @@ def decomposed_rel_pos_bias(q: torch.Tensor, rel_d: torch.Tensor, rel_h: torch.T
 class WindowAttention3D(nn.Module):
     """Multi-head attention inside one 3D window. ``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w`` are
     SAM's tensors with SAM's names and shapes (global blocks: 127 entries, windowed: 27), resized to
-    the 3D window on the fly; ``rel_pos_d`` is new."""
+    the window on the fly. ``rel_pos_d`` is the new depth table, learned at the same length as SAM's tables
+    and resized the same way (the published parametrisation). ``rel_pos_scale`` is the published network's
+    frozen scalar on the relative-position terms (1.0 unless an imported checkpoint says otherwise)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, sam_rel_pos_size: int,
                  lora_rank: int = 0) -> None:
@@ -73,13 +75,13 @@ class WindowAttention3D(nn.Module):
         self.proj = linear(dim, dim)
         self.rel_pos_h = nn.Parameter(torch.zeros(sam_rel_pos_size, self.head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(sam_rel_pos_size, self.head_dim))
-        self.rel_pos_d = nn.Parameter(torch.zeros(2 * window_size - 1, self.head_dim))
+        self.rel_pos_d = nn.Parameter(torch.zeros(sam_rel_pos_size, self.head_dim))
+        self.register_buffer("rel_pos_scale", torch.ones(()))
 
     @torch.no_grad()
     def init_depth_table_from_hw(self) -> None:
-        """The new depth table starts as the mean of SAM's h and w tables resized to the window."""
-        n = 2 * self.window_size - 1
-        self.rel_pos_d.copy_((_resize_table(self.rel_pos_h, n) + _resize_table(self.rel_pos_w, n)) / 2)
+        """The new depth table starts as the mean of SAM's h and w tables (as the published network does)."""
+        self.rel_pos_d.copy_((self.rel_pos_h + self.rel_pos_w) / 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B*nW, w, w, w, C]; mask [nW, N, N] boolean (True = may attend) or None.
@@ -95,6 +97,7 @@ class WindowAttention3D(nn.Module):
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q_pos = relative_position_queries(q, self.rel_pos_d, self.rel_pos_h, self.rel_pos_w, (d, h, w))
+        q_pos = q_pos * self.rel_pos_scale.to(q_pos.dtype)
         k_pos = key_position_one_hot((d, h, w), q.dtype, q.device).expand(bw, self.num_heads, n, -1)
         extra = q_pos.shape[-1]
         pad = (-(self.head_dim + extra)) % 8  # fused kernels like head sizes in multiples of 8
@@ -127,11 +130,3 @@ def key_position_one_hot(window: tuple[int, int, int], dtype: torch.dtype, devic
                                 torch.arange(w, device=device), indexing="ij")
     return torch.cat([F.one_hot(dd.flatten(), d), F.one_hot(hh.flatten(), h), F.one_hot(ww.flatten(), w)],
                      dim=-1).to(dtype)
-
-
-def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear resize of a relative-position table [L, C] to [length, C], as SAM's ``get_rel_pos`` does."""
-    if table.shape[0] == length:
-        return table
-    resized = F.interpolate(table.T[None], size=length, mode="linear")
-    return resized[0].T

@@ -11,7 +11,8 @@ from .attention import WindowAttention3D, shifted_window_mask, window_partition,
 
 class Block3D(nn.Module):
     """SAM's ``Block`` (norm1, attn, norm2, mlp: same names, same tensors) attending inside 3D windows,
-    Swin-shifted by half a window when ``shift`` is set; ``adapter`` (None under LoRA) runs first."""
+    Swin-shifted by half a window when ``shift`` is set (the encoder shifts the even blocks 0, 2, 4, ...,
+    as the published network does); ``adapter`` (None under LoRA) runs first."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, sam_rel_pos_size: int, shift: bool,
                  adapter_dim: int | None, mlp_ratio: float = 4.0, lora_rank: int = 0) -> None:

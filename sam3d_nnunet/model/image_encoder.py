@@ -47,7 +47,7 @@ class ImageEncoder3D(nn.Module):
         # the paper's learnable depth table, initialised to ones
         self.depth_embed = nn.Parameter(torch.ones(1, self.grid[0], 1, 1, e))
         self.blocks = nn.ModuleList(
-            Block3D(e, variant.num_heads, window_size, variant.sam_rel_pos_size(i), shift=i % 2 == 1,
+            Block3D(e, variant.num_heads, window_size, variant.sam_rel_pos_size(i), shift=i % 2 == 0,
                     adapter_dim=adapter_dim, mlp_ratio=variant.mlp_ratio, lora_rank=lora_rank)
             for i in range(variant.depth)
         )

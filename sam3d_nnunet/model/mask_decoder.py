@@ -1,13 +1,16 @@
-"""The multi-layer-aggregation 3D decoder: three intermediate levels, the prompt-updated deepest
-level and a downsampled image skip, fused at twice the token resolution, then up to the crop.
+"""The published multi-layer-aggregation (MLA) 3D decoder.
 
-Each level runs two (3x3x3 conv, InstanceNorm, ReLU) and is upsampled x2; the concatenation goes through a
-1x1x1 conv to two logits. That last conv is linear and pointwise, so it is written per part (one 1x1x1 conv
-per level and one for the image, summed: the same function as one conv over the concatenation), and
-because a pointwise linear map commutes with trilinear upsampling, each level's part is taken before
-upsampling. Everything that does not depend on the prompt (levels 1-3 and the image skip) is then a
-2-channel map computed once per crop (``prompt_independent``), and a new click only pays for the deepest
-level (``forward``).
+Inputs: the three intermediate neck levels, the prompt-updated deepest level and the image. Each level runs
+two (3x3x3 conv without bias, InstanceNorm without affine, ReLU) at token resolution and is upsampled x2
+(trilinear, align_corners=True); the four are concatenated with the image resized to the same grid (half the
+crop: 2x2x2 mean pooling at the paper's stride 4); the fusion is a 3x3x3 conv (4 x 128 + C -> 128),
+InstanceNorm, ReLU and a 3x3x3 conv (128 -> 2) at that resolution; a final trilinear x2 (align_corners=True)
+gives the crop.
+
+Keeping the next click cheap, exactly: the first fusion conv is linear in its concatenated input, so it is
+the sum of one conv per input group. The part from levels 0-2 and the image does not depend on the prompt
+and is computed once per crop (``prompt_independent``, 128 channels at the fused resolution); a click pays
+only for the prompted level's branch, its share of the fusion conv, and what follows (``forward``).
 """
 from __future__ import annotations
 
@@ -16,44 +19,52 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv_norm_relu(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_ch, out_ch, kernel_size=3, padding=1),
-                         nn.InstanceNorm3d(out_ch, affine=True), nn.ReLU(inplace=True))
+def level_branch(in_dim: int, dim: int) -> nn.Sequential:
+    """Two (3x3x3 conv without bias, InstanceNorm without affine, ReLU); indexes 0 and 3 are the convs."""
+    return nn.Sequential(nn.Conv3d(in_dim, dim, 3, padding=1, bias=False), nn.InstanceNorm3d(dim), nn.ReLU(),
+                         nn.Conv3d(dim, dim, 3, padding=1, bias=False), nn.InstanceNorm3d(dim), nn.ReLU())
 
 
-def _upsample(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+def upsample_aligned(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Trilinear resize with align_corners=True, as the published decoder upsamples."""
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
 
 
-class MultiLevelDecoder3D(nn.Module):
+class MLADecoder3D(nn.Module):
     """levels: 4 maps [B, in_dim, *grid] (the last one prompted); image: [B, C, *crop] -> logits [B, 2, *crop]."""
 
     def __init__(self, in_dim: int, image_channels: int, level_dim: int = 128, num_levels: int = 4,
                  out_channels: int = 2) -> None:
         super().__init__()
-        self.levels = nn.ModuleList(
-            nn.Sequential(conv_norm_relu(in_dim, level_dim), conv_norm_relu(level_dim, level_dim))
-            for _ in range(num_levels)
-        )
-        self.level_heads = nn.ModuleList(nn.Conv3d(level_dim, out_channels, kernel_size=1, bias=False)
-                                         for _ in range(num_levels))
-        self.image_head = nn.Conv3d(image_channels, out_channels, kernel_size=1)
+        self.level_dim = level_dim
+        self.levels = nn.ModuleList(level_branch(in_dim, level_dim) for _ in range(num_levels))
+        self.fusion = nn.Conv3d(num_levels * level_dim + image_channels, level_dim, 3, padding=1, bias=False)
+        self.fusion_norm = nn.InstanceNorm3d(level_dim)
+        self.head = nn.Conv3d(level_dim, out_channels, 3, padding=1, bias=False)
 
     @staticmethod
     def fused_size(grid: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
         """Twice the token grid (64^3 for the paper's 32^3), never finer than the crop itself."""
         return tuple(min(2 * n, c) for n, c in zip(grid, crop))
 
+    def _prompted_channels(self) -> slice:
+        n = len(self.levels)
+        return slice((n - 1) * self.level_dim, n * self.level_dim)
+
     def prompt_independent(self, levels: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
-        """The logits' share from levels 1..n-1 and the image skip, at the fused resolution [B, 2, *2grid]."""
+        """The fusion conv's share from levels 0..n-2 and the image: [B, level_dim, *fused]."""
         size = self.fused_size(tuple(levels[0].shape[2:]), tuple(image.shape[2:]))
-        total = self.image_head(_upsample(image, size))
-        for block, head, level in zip(self.levels[:-1], self.level_heads[:-1], levels[:-1]):
-            total = total + _upsample(head(block(level)), size)
-        return total
+        parts = [upsample_aligned(branch(level), size) for branch, level in zip(self.levels[:-1], levels[:-1])]
+        # the image at the fused grid: exactly 2x2x2 mean pooling where the grid halves the crop, as published
+        parts.append(F.interpolate(image, size=size, mode="trilinear", align_corners=False).to(parts[0].dtype))
+        prompted = self._prompted_channels()
+        weight = torch.cat([self.fusion.weight[:, :prompted.start], self.fusion.weight[:, prompted.stop:]], dim=1)
+        return F.conv3d(torch.cat(parts, dim=1), weight.to(parts[0].dtype), padding=1)
 
     def forward(self, deepest: torch.Tensor, prompt_independent: torch.Tensor,
                 crop_size: tuple[int, ...]) -> torch.Tensor:
         size = tuple(prompt_independent.shape[2:])
-        logits = prompt_independent + _upsample(self.level_heads[-1](self.levels[-1](deepest)), size)
-        return _upsample(logits, crop_size)
+        branch = upsample_aligned(self.levels[-1](deepest), size)
+        weight = self.fusion.weight[:, self._prompted_channels()].to(branch.dtype)
+        fused = F.relu(self.fusion_norm(prompt_independent + F.conv3d(branch, weight, padding=1)))
+        return upsample_aligned(self.head(fused), crop_size)

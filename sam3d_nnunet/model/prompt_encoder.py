@@ -1,16 +1,25 @@
-"""The click-prompt encoder ("visual sampler"): features read at the clicks, learned global queries,
-and two attention layers that write the prompt into the deepest feature map.
+"""The visual sampler: the published 3DSAM-adapter prompt encoder, plus extensions that are exactly inert
+on the published weights.
 
-Beyond the published method: every click carries a positive/negative label, any number of clicks
-per sample works (padding label -1), zero clicks selects a learned no-click token (automatic mode),
-and a learned class embedding says which of the dataset's classes is wanted.
+The published sampler reads the deepest feature map at the clicks (trilinear, zero padding) and runs two
+layers. Each layer starts from its OWN learned global queries: queries and point tokens attend to each
+other (the attention output is normalised before the residual), an MLP refines the global queries only,
+and the image tokens cross-attend to the global queries alone. Points therefore act only through the
+self-attention; no positional encoding reaches the output.
+
+Beyond the published method, every extension is an additive embedding initialised at zero, so a network
+imported from the authors' checkpoint computes their function exactly, and training can learn to use it:
+- ``point_label_embed``: click polarity (0 negative, 1 positive), added to the sampled point features;
+- ``class_embed``: which of the dataset's foreground classes is wanted, added to every layer's global
+  queries;
+- any number of clicks per sample (padding label -1, masked out of the attention), and zero clicks: the
+  automatic mode, where the sampler runs on its global queries alone, as the published one does.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
 PAD_LABEL = -1
@@ -32,73 +41,92 @@ def sample_features_at_clicks(feature_map: torch.Tensor, clicks: torch.Tensor,
     """Trilinearly sample feature_map [B, C, D, H, W] at clicks [B, N, 3] (voxels, (d, h, w)) -> [B, N, C].
 
     grid_sample wants (x, y, z) = (w, h, d): the flip below is the axis trap the published code warns of.
+    Zero padding, as published: a click on the crop's outermost voxels reads partly outside the map.
     """
     b, n, _ = clicks.shape
     if n == 0:
         return feature_map.new_zeros(b, 0, feature_map.shape[1])
     grid = clicks_to_grid(clicks, crop_size).flip(-1).to(feature_map.dtype)
-    sampled = F.grid_sample(feature_map, grid.view(b, n, 1, 1, 3), mode="bilinear", padding_mode="border",
+    sampled = F.grid_sample(feature_map, grid.view(b, n, 1, 1, 3), mode="bilinear", padding_mode="zeros",
                             align_corners=False)
     return sampled.view(b, feature_map.shape[1], n).transpose(1, 2)
 
 
-class FourierPositionEncoding3D(nn.Module):
-    """Random Fourier features of normalised 3D coordinates (SAM's PositionEmbeddingRandom in 3D).
-    The frequency matrix is a fixed, saved buffer drawn from a fixed seed."""
+class TokenAttention(nn.Module):
+    """SAM's ``Attention`` (q/k/v/out projections, optional internal downsampling, same tensor names) with a
+    key padding mask, computed by ``scaled_dot_product_attention``."""
 
-    def __init__(self, dim: int, scale: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        frequencies = scale * torch.randn(3, dim // 2, generator=generator, device="cpu")
-        self.register_buffer("frequencies", frequencies.to(torch.empty(0).device))  # honours `with torch.device(...)`
+        self.num_heads = num_heads
+        internal = dim // downsample_rate
+        if internal % num_heads:
+            raise ValueError(f"{num_heads} heads do not divide the attention width {internal}")
+        self.q_proj = nn.Linear(dim, internal)
+        self.k_proj = nn.Linear(dim, internal)
+        self.v_proj = nn.Linear(dim, internal)
+        self.out_proj = nn.Linear(internal, dim)
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        """coords [..., 3] in [-1, 1] -> [..., dim]."""
-        angles = 2 * math.pi * coords.to(self.frequencies.dtype) @ self.frequencies
-        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def grid(self, size: tuple[int, int, int]) -> torch.Tensor:
-        """Encodings of every token centre of a grid, flattened [D*H*W, dim]."""
-        axes = [(torch.arange(n, device=self.frequencies.device, dtype=self.frequencies.dtype) + 0.5) * 2 / n - 1
-                for n in size]
-        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-        return self(coords.reshape(-1, 3))
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """key_padding [B, Nk] True where a key is padding (ignored)."""
+        mask = None if key_padding is None else ~key_padding[:, None, None, :]
+        out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
+                                             self._heads(self.v_proj(v)), attn_mask=mask)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
-class PromptAttentionLayer(nn.Module):
-    """Prompt tokens attend to each other (then an MLP); image tokens cross-attend to the prompt tokens."""
+class SamplerLayer(nn.Module):
+    """One layer of the visual sampler (tensor names as published)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, num_global_queries: int) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.global_query = nn.Parameter(torch.randn(1, num_global_queries, dim))
+        self.self_attn = TokenAttention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
-        self.cross_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
         self.norm3 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = TokenAttention(dim, num_heads, downsample_rate=2)
+        self.norm4 = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor, image: torch.Tensor, image_pos: torch.Tensor,
-                padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, _ = self.self_attn(tokens, tokens, tokens, key_padding_mask=padding, need_weights=False)
-        tokens = self.norm1(tokens + attended)
-        tokens = self.norm2(tokens + self.mlp(tokens))
-        attended, _ = self.cross_attn(image + image_pos, tokens, tokens, key_padding_mask=padding, need_weights=False)
-        return tokens, self.norm3(image + attended)
+    def forward(self, points: torch.Tensor, padding: torch.Tensor, image: torch.Tensor,
+                query_offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points [B, N, C], padding [B, N], image tokens [B, T, C], query_offset [B, 1, C] (class embedding)."""
+        queries = self.global_query + query_offset
+        g = queries.shape[1]
+        tokens = torch.cat([queries, points], dim=1)
+        key_padding = torch.cat([padding.new_zeros(padding.shape[0], g), padding], dim=1)
+        tokens = self.norm2(tokens + self.norm1(self.self_attn(tokens, tokens, tokens, key_padding)))
+        queries, points = tokens[:, :g], tokens[:, g:]
+        queries = self.norm3(queries + self.mlp(queries))
+        image = self.norm4(image + self.cross_attn_image_to_token(image, queries, queries))
+        return points, image
 
 
-class ClickPromptEncoder(nn.Module):
-    """Updates the deepest feature map [B, C, D, H, W] with clicks and the wanted class."""
+class VisualSampler(nn.Module):
+    """Writes the clicks (and the wanted class) into the deepest feature map [B, C, D, H, W]."""
 
     def __init__(self, dim: int, num_foreground_classes: int, num_global_queries: int = 10, num_layers: int = 2,
                  num_heads: int = 8, mlp_dim: int = 2048) -> None:
         super().__init__()
         self.num_foreground_classes = num_foreground_classes
-        self.global_queries = nn.Parameter(0.02 * torch.randn(num_global_queries, dim))
-        self.click_label_embed = nn.Embedding(2, dim)  # 0 negative, 1 positive
+        self.layers = nn.ModuleList(SamplerLayer(dim, num_heads, mlp_dim, num_global_queries)
+                                    for _ in range(num_layers))
+        # extensions, zero at the start: inert on the published weights
+        self.point_label_embed = nn.Embedding(2, dim)
         self.class_embed = nn.Embedding(max(num_foreground_classes, 1), dim)
-        self.no_click_embed = nn.Parameter(0.02 * torch.randn(1, dim))
-        self.position = FourierPositionEncoding3D(dim)
-        self.layers = nn.ModuleList(PromptAttentionLayer(dim, num_heads, mlp_dim) for _ in range(num_layers))
+        nn.init.zeros_(self.point_label_embed.weight)
+        nn.init.zeros_(self.class_embed.weight)
+
+    def extension_parameter_names(self) -> list[str]:
+        """The tensors the published sampler does not have."""
+        return ["point_label_embed.weight", "class_embed.weight"]
 
     def forward(self, feature_map: torch.Tensor, clicks: torch.Tensor, click_labels: torch.Tensor,
                 target_class: torch.Tensor, crop_size: tuple[int, int, int]) -> torch.Tensor:
@@ -106,18 +134,11 @@ class ClickPromptEncoder(nn.Module):
         if not target_class.is_meta and (int(target_class.min()) < 1
                                          or int(target_class.max()) > self.num_foreground_classes):
             raise ValueError(f"target_class must lie in 1..{self.num_foreground_classes}, got {target_class.tolist()}")
-        valid = click_labels != PAD_LABEL
+        padding = click_labels == PAD_LABEL
         points = sample_features_at_clicks(feature_map, clicks, crop_size)
-        points = (points + self.click_label_embed(click_labels.clamp(min=0))
-                  + self.position(clicks_to_grid(clicks, crop_size)))
-        class_token = self.class_embed(target_class - 1)[:, None]
-        tokens = torch.cat([self.global_queries.expand(b, -1, -1), class_token,
-                            self.no_click_embed.expand(b, -1, -1), points], dim=1)
-        has_clicks = valid.any(dim=1, keepdim=True)
-        padding = torch.cat([torch.zeros(b, self.global_queries.shape[0] + 1, dtype=torch.bool, device=valid.device),
-                             has_clicks, ~valid], dim=1)  # True = ignored
+        points = points + self.point_label_embed(click_labels.clamp(min=0)).to(points.dtype)
+        class_offset = self.class_embed(target_class - 1)[:, None].to(points.dtype)
         image = feature_map.flatten(2).transpose(1, 2)
-        image_pos = self.position.grid(tuple(grid)).to(image.dtype)[None]
         for layer in self.layers:
-            tokens, image = layer(tokens, image, image_pos, padding)
+            points, image = layer(points, padding, image, class_offset)
         return image.transpose(1, 2).reshape(b, c, *grid)

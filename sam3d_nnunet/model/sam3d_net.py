@@ -3,6 +3,9 @@
 ``SAM3DNet(input_channels, num_classes, deep_supervision, **arch_kwargs)`` is the signature nnU-Net's
 ``get_network_from_plans`` calls; ``arch_kwargs`` are plain JSON values. The encoder runs once per
 crop (``encode``); every new set of clicks only runs the prompt encoder and decoder (``decode``).
+
+By default this is the published 3DSAM-adapter network, function for function (tested against the authors'
+outputs in ``tests/test_reference_fidelity.py``); ``decoder="linear"`` swaps in a faster decoder that is not.
 """
 from __future__ import annotations
 
@@ -14,9 +17,18 @@ from torch import nn
 from .channel_mixer import InputChannelMixer
 from .finetune import apply_finetune_policy, check_policy
 from .image_encoder import ImageEncoder3D
-from .mask_decoder import MultiLevelDecoder3D
-from .prompt_encoder import PAD_LABEL, ClickPromptEncoder
-from .variants import TokenStride, get_variant
+from .linear_decoder import LinearHeadDecoder3D
+from .mask_decoder import MLADecoder3D
+from .prompt_encoder import PAD_LABEL, VisualSampler
+from .variants import TokenStride, get_variant, with_depth
+
+#: bumped whenever a change makes older checkpoints compute something else; stored in every state dict
+ARCHITECTURE_VERSION = 2
+DECODERS = {"mla": MLADecoder3D, "linear": LinearHeadDecoder3D}
+
+
+class IncompatibleCheckpointError(ValueError):
+    """Weights written for another architecture than this network's."""
 
 
 class ImageFeatures(NamedTuple):
@@ -32,17 +44,23 @@ class SAM3DNet(nn.Module):
     ``num_classes`` counts background, as nnU-Net does; a prompt asks for one foreground class
     (1 .. num_classes - 1) and the output is two logits: [not that class, that class].
     ``deep_supervision`` is accepted for nnU-Net's signature and ignored (there is one output scale).
+    ``decoder``: "mla" (the paper's) or "linear" (faster, not the paper's). ``depth``: fewer blocks than the
+    SAM variant has (SAM's weights of those blocks only; used to import shallow reference checkpoints).
     """
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
                  variant: str = "vit_b", patch_size: Sequence[int] = (128, 128, 128), token_stride: TokenStride = 4,
                  window_size: int = 8, adapter_dim: int | None = None, neck_dim: int | None = None,
                  finetune: str = "adapter", lora_rank: int = 8, num_global_queries: int = 10,
-                 patch_embed_mode: str = "fused", gradient_checkpointing: bool = False) -> None:
+                 patch_embed_mode: str = "fused", gradient_checkpointing: bool = False, decoder: str = "mla",
+                 depth: int | None = None) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
-        self.variant = get_variant(variant)
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
+        self.variant = with_depth(get_variant(variant), depth)
+        self.decoder_kind = decoder
         self.finetune = check_policy(finetune)
         self.num_classes = num_classes
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -54,10 +72,22 @@ class SAM3DNet(nn.Module):
             self.variant, self.patch_size, token_stride=token_stride, window_size=window_size,
             adapter_dim=adapter, neck_dim=neck_dim, lora_rank=lora_rank if finetune == "lora" else 0,
             patch_embed_mode=patch_embed_mode, gradient_checkpointing=gradient_checkpointing)
-        self.prompt_encoder = ClickPromptEncoder(neck_dim, num_classes - 1, num_global_queries=num_global_queries,
-                                                 num_heads=max(1, neck_dim // 32), mlp_dim=8 * neck_dim)
-        self.mask_decoder = MultiLevelDecoder3D(neck_dim, image_channels=input_channels, level_dim=neck_dim // 2)
+        self.prompt_encoder = VisualSampler(neck_dim, num_classes - 1, num_global_queries=num_global_queries,
+                                            num_heads=max(1, neck_dim // 32), mlp_dim=8 * neck_dim)
+        self.mask_decoder = DECODERS[decoder](neck_dim, image_channels=input_channels, level_dim=neck_dim // 2)
+        self.register_buffer("architecture_version", torch.tensor(ARCHITECTURE_VERSION))
         apply_finetune_policy(self, self.finetune)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Refuses, in one line, weights of an older architecture instead of loading them into this one."""
+        version = state_dict.get("architecture_version")
+        if version is None or int(version) != ARCHITECTURE_VERSION:
+            found = "none (written before versioning)" if version is None else int(version)
+            raise IncompatibleCheckpointError(
+                f"these weights are of SAM3DNet architecture version {found}, this sam3d_nnunet builds version "
+                f"{ARCHITECTURE_VERSION} (the paper-exact 3DSAM-adapter network): retrain the model, or predict "
+                f"with the sam3d_nnunet release that trained it")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -107,4 +137,4 @@ class SAM3DNet(nn.Module):
         return torch.stack([torch.zeros_like(margins[0]), *margins], dim=1)
 
 
-__all__ = ["SAM3DNet", "ImageFeatures", "PAD_LABEL"]
+__all__ = ["SAM3DNet", "ImageFeatures", "PAD_LABEL", "ARCHITECTURE_VERSION", "IncompatibleCheckpointError"]

@@ -1,7 +1,7 @@
 """SAM image-encoder variants and the 3D geometry (crop, token stride, window) the adapter runs at."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence, Union
 
 
@@ -44,6 +44,19 @@ SAM_VARIANTS: dict[str, SAMVariant] = {
     # Not a published SAM: a small encoder of the same structure, for tests and CPU demos.
     "tiny": SAMVariant("tiny", 64, 4, 4, (1, 3), default_adapter_dim=32, default_neck_dim=32),
 }
+
+
+def with_depth(variant: SAMVariant, depth: int | None) -> SAMVariant:
+    """``variant`` cut to its first ``depth`` blocks (None: unchanged); SAM's global-attention blocks among
+    them keep their long relative-position tables, and the necks follow the quarters of the new depth."""
+    if depth is None or depth == variant.depth:
+        return variant
+    if not 1 <= depth <= variant.depth:
+        raise ValueError(f"depth must lie in 1..{variant.depth} for {variant.name}, got {depth}")
+    if depth % 4:
+        raise ValueError(f"depth must be a multiple of 4 (a neck after each quarter of the blocks), got {depth}")
+    return replace(variant, depth=depth,
+                   global_attn_indexes=tuple(i for i in variant.global_attn_indexes if i < depth))
 
 
 def get_variant(name: str) -> SAMVariant:
