@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "benchmark": "sam3d_nnunet.commands.benchmark",
     "demo": "sam3d_nnunet.commands.demo",
     "predict": "sam3d_nnunet.commands.predict",
+    "import-reference": "sam3d_nnunet.commands.import_reference",
 }
 
 
