@@ -126,7 +126,7 @@ class SAM3DPlanner(ExperimentPlanner):
                  overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
                  suppress_transpose: bool = False,
                  sam_variant: Optional[str] = None, sam_checkpoint: Optional[str] = None,
-                 finetune: str = "adapter"):
+                 finetune: str = "adapter", decoder: str = "mla"):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
         self.sam_variant = sam_variant or self.default_sam_variant
@@ -138,6 +138,7 @@ class SAM3DPlanner(ExperimentPlanner):
                 raise FileNotFoundError(f"SAM checkpoint {sam_checkpoint} does not exist")
         self.sam_checkpoint = sam_checkpoint
         self.finetune = finetune
+        self.decoder = decoder  # "mla": the paper's decoder; "linear": the faster, non-paper one
         self.memory_target_gb = float(gpu_memory_target_in_gb)
         self.refuse_unsupported_labels()
         self.spacing_decision: Optional[dict] = None
@@ -289,7 +290,7 @@ class SAM3DPlanner(ExperimentPlanner):
 
         def estimate(p, bs, checkpointing):
             return estimate_training_memory_gb(self.sam_variant, p, strides, bs, d["adapter_dim"], d["neck_dim"],
-                                               self.finetune, checkpointing)
+                                               self.finetune, checkpointing, self.decoder)
 
         # start from the reference number of TOKENS, the token grid shaped so the patch is physically about
         # cubic (tokens along an axis proportional to 1 / (stride * spacing))
@@ -340,6 +341,7 @@ class SAM3DPlanner(ExperimentPlanner):
             "adapter_dim": d["adapter_dim"],
             "neck_dim": d["neck_dim"],
             "finetune": self.finetune,
+            "decoder": self.decoder,
             "gradient_checkpointing": checkpointing,
         }
         resampling_data, resampling_data_kwargs, resampling_seg, resampling_seg_kwargs = self.determine_resampling()

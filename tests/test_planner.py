@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,9 @@ def _dataset(tmp_path, monkeypatch, spacings, shapes, dataset_id=960, channel="C
     (pre / folder.name).mkdir(parents=True)
     (pre / folder.name / "dataset_fingerprint.json").write_text(json.dumps(fp))
     return dataset_id
+
+
+FIDELITY_KEYS = Path(__file__).resolve().parents[2] / "shared" / "fidelity" / "reference_keys.json"
 
 
 def _plan(dataset_id, **kw):
@@ -70,7 +74,8 @@ def test_large_ct_gets_paper_setting_within_budget(tmp_path, monkeypatch):
     # 128^3 with 2 samples needs about 24.6 GB without activation checkpointing: it is switched on, and the
     # batch stays at nnU-Net's minimum of 2 (checkpointing is not used to grow the batch)
     assert arch == {"variant": "vit_b", "patch_size": cfg["patch_size"], "token_stride": 4, "window_size": 8,
-                    "adapter_dim": 384, "neck_dim": 256, "finetune": "adapter", "gradient_checkpointing": True}
+                    "adapter_dim": 384, "neck_dim": 256, "finetune": "adapter", "decoder": "mla",
+                    "gradient_checkpointing": True}
     assert cfg["patch_size"] == [128, 128, 128] and cfg["batch_size"] == 2
     assert plans["sam3d"]["gpu_memory_target_gb"] == 12.0
     est = estimate_training_memory_gb("vit_b", cfg["patch_size"], 4, cfg["batch_size"], 384, 256,
@@ -92,6 +97,26 @@ def test_large_ct_gets_paper_setting_within_budget(tmp_path, monkeypatch):
     assert np.prod(cfg3["patch_size"]) < 128 ** 3
     assert all(p % 32 == 0 for p in cfg3["patch_size"])
     assert plans3["sam3d"]["estimated_training_memory_gb"] <= 3.0
+    # the trainer builds, from these plans, the authors' network: the same tensors, in name and shape, as the
+    # network an authors' vit_b checkpoint imports into
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from sam3d_nnunet.model import SAM3DNet
+    from sam3d_nnunet.model.reference_checkpoint import reference_architecture
+    from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D
+    manager = PlansManager(plans)
+    with torch.device("meta"):
+        trained = nnUNetTrainerSAM3D.build_network_architecture(manager, manager.get_configuration("3d_fullres"),
+                                                                1, 2, enable_deep_supervision=False)
+        layout = json.loads(FIDELITY_KEYS.read_text()) if FIDELITY_KEYS.is_file() else None
+        if layout is not None:
+            shapes = {part: {k: torch.empty(v["shape"]) for k, v in layout[part].items()}
+                      for part in ("encoder_dict", "decoder_dict")}
+            shapes["feature_dict"] = [{k: torch.empty(v["shape"]) for k, v in d.items()} for d in layout["feature_dict"]]
+            imported = SAM3DNet(1, 2, **reference_architecture(shapes))
+    if layout is not None:
+        assert {k: tuple(v.shape) for k, v in trained.state_dict().items()} == \
+            {k: tuple(v.shape) for k, v in imported.state_dict().items()}
 
 
 def test_anisotropic_spacing_gives_non_cubic_aligned_patch(tmp_path, monkeypatch):
@@ -169,10 +194,10 @@ def test_cli_takes_nnunet_arguments_plus_sam_options():
     ours = _subparser("plan_and_preprocess")
     mine = {s for a in ours._actions for s in a.option_strings}
     assert nn <= mine
-    assert mine - nn == {"--sam-variant", "--sam-checkpoint"}
+    assert mine - nn == {"--sam-variant", "--sam-checkpoint", "--decoder"}
     args = ours.parse_args(["-d", "5", "-c", "3d_fullres", "--sam-variant", "tiny", "-np", "2"])
     assert args.d == [5] and args.pl == "SAM3DPlanner" and args.sam_variant == "tiny" and args.c == ["3d_fullres"]
-    assert args.sam_checkpoint is None and args.overwrite_plans_name is None
+    assert args.sam_checkpoint is None and args.overwrite_plans_name is None and args.decoder == "mla"
     with pytest.raises(SystemExit):
         ours.parse_args(["-d", "5", "--sam-variant", "vit_x"])
 

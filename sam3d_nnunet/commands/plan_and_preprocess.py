@@ -72,17 +72,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sam-checkpoint", dest="sam_checkpoint", default=None,
                         help="Segment Anything checkpoint (.pth) recorded in the plans and loaded by the trainer; "
                              "without it training starts from random weights (loud warning)")
+    parser.add_argument("--decoder", default="mla", choices=["mla", "linear"],
+                        help="mla: the paper's multi-layer-aggregation decoder (default); linear: a faster "
+                             "decoder with a linear fusion head, not the paper's (BENCHMARKS.md compares them)")
     parser.set_defaults(func=run)
     return parser
 
 
-def planner_for(name: str, sam_variant: str, sam_checkpoint: str | None):
+def planner_for(name: str, sam_variant: str, sam_checkpoint: str | None, decoder: str = "mla"):
     """The planner class (bound to the SAM options) for a SAM planner name, else None."""
     if name not in SAM_PLANNERS:
         return None
     from sam3d_nnunet.planners import sam3d_planner
     cls = getattr(sam3d_planner, name)
-    return functools.partial(cls, sam_variant=sam_variant, sam_checkpoint=sam_checkpoint)
+    return functools.partial(cls, sam_variant=sam_variant, sam_checkpoint=sam_checkpoint, decoder=decoder)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.d is None:
         print("sam3d-nnunet plan_and_preprocess: -d DATASET_ID is required", file=sys.stderr)
         return 2
-    ours = planner_for(args.pl, args.sam_variant, args.sam_checkpoint)
+    ours = planner_for(args.pl, args.sam_variant, args.sam_checkpoint, args.decoder)
     if ours is None and args.sam_checkpoint is not None:
         print(f"WARNING: planner {args.pl} is not a SAM3D planner; --sam-variant/--sam-checkpoint are ignored",
               file=sys.stderr)
