@@ -43,9 +43,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CPU_CASES = ["matmul_fp32", "matmul_bf16", "patch_embed_flops", "encoder_fp32", "encoder_bf16", "click_fp32",
-             "click_bf16", "train_step_sam3d_tiny", "train_step_nnunet_tiny_patch", "train_step_sam3d_vit_b",
+             "click_bf16", "click_fp32_linear_decoder", "click_bf16_linear_decoder", "train_step_sam3d_tiny", "train_step_nnunet_tiny_patch", "train_step_sam3d_vit_b",
              "train_step_nnunet_vit_b_patch"]
-GPU_CASES = ["gpu_matmul", "gpu_encoder_bf16", "gpu_click_bf16", "gpu_click_fp32", "gpu_train_all_optimisations",
+GPU_CASES = ["gpu_matmul", "gpu_encoder_bf16", "gpu_click_bf16", "gpu_click_fp32", "gpu_click_bf16_linear_decoder", "gpu_train_all_optimisations",
              "gpu_train_no_checkpointing", "gpu_train_fp32", "gpu_train_paper_patch_embed",
              "gpu_train_explicit_attention", "gpu_train_all_trainable", "gpu_train_published_choices",
              "gpu_train_nnunet_batch1", "gpu_train_nnunet_batch2", "gpu_memory_grid"]
@@ -145,12 +145,13 @@ def case_encoder_bf16() -> dict:
     return _encoder("bf16")
 
 
-def _clicks(precision: str, device: str = "cpu") -> dict:
+def _clicks(precision: str, device: str = "cpu", decoder: str = "mla") -> dict:
+    """First click (encoder + sampler + decoder) and next click (sampler + decoder on the cached features)."""
     import torch
 
     from sam3d_nnunet.model import autocast
 
-    model = _sam3d("vit_b", PAPER_PATCH, device=device).eval()
+    model = _sam3d("vit_b", PAPER_PATCH, device=device, decoder=decoder).eval()
     x = torch.randn(1, 1, *PAPER_PATCH, device=device)
     clicks = torch.tensor([[[64.0, 64.0, 64.0]]], device=device)
     labels = torch.ones(1, 1, dtype=torch.long, device=device)
@@ -176,6 +177,14 @@ def case_click_fp32() -> dict:
 
 def case_click_bf16() -> dict:
     return _clicks("bf16")
+
+
+def case_click_fp32_linear_decoder() -> dict:
+    return _clicks("fp32", decoder="linear")
+
+
+def case_click_bf16_linear_decoder() -> dict:
+    return _clicks("bf16", decoder="linear")
 
 
 def _train_step_sam3d(variant: str, patch, batch: int, device: str = "cpu", precision: str = "fp32",
@@ -347,6 +356,10 @@ def case_gpu_click_bf16() -> dict:
 
 def case_gpu_click_fp32() -> dict:
     return _clicks("fp32", GPU)
+
+
+def case_gpu_click_bf16_linear_decoder() -> dict:
+    return _clicks("bf16", GPU, decoder="linear")
 
 
 def case_gpu_train_all_optimisations() -> dict:

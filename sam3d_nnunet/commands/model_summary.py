@@ -17,6 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--window-size", type=int, default=8)
     parser.add_argument("--adapter-dim", type=int, default=None)
     parser.add_argument("--finetune", default="adapter", help="fine-tuning policy: adapter (default), full, lora")
+    parser.add_argument("--decoder", default="mla", choices=["mla", "linear"],
+                        help="mla: the paper's decoder (default); linear: the faster, non-paper decoder")
     parser.add_argument("--input-channels", type=int, default=1)
     parser.add_argument("--num-classes", type=int, default=2, help="classes including background")
     parser.add_argument("--checkpoint", default=None, help="a SAM checkpoint (.pth) to load and convert")
@@ -30,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from sam3d_nnunet.model import SAM3DNet, SAMCheckpointError, load_sam_checkpoint, parameter_summary
 
     kwargs = dict(variant=args.variant, patch_size=args.patch_size, token_stride=args.token_stride,
-                  window_size=args.window_size, adapter_dim=args.adapter_dim, finetune=args.finetune)
+                  window_size=args.window_size, adapter_dim=args.adapter_dim, finetune=args.finetune,
+                  decoder=args.decoder)
     try:
         with torch.device("meta"):
             model = SAM3DNet(args.input_channels, args.num_classes, **kwargs)
