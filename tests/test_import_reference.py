@@ -18,6 +18,8 @@ from sam3d_nnunet.cli import main
 
 FIDELITY = Path(__file__).resolve().parents[2] / "shared" / "fidelity"
 CASE = "sts_002"
+# blocks of the generated reference checkpoint: 4 in CI; SAM3D_REFERENCE_DEPTH=12 runs the full vit_b (minutes)
+DEPTH = int(os.environ.get("SAM3D_REFERENCE_DEPTH", "4"))
 
 
 def _generator():
@@ -31,8 +33,8 @@ def _generator():
 
 @pytest.fixture(scope="module")
 def reference_file(tmp_path_factory) -> Path:
-    """A depth-4 checkpoint in train.py's layout, optimiser states included, saved as train.py saves it."""
-    checkpoint = _generator().make_checkpoint(0, 4)
+    """A checkpoint in train.py's layout (``DEPTH`` blocks), optimiser states included, saved as train.py saves it."""
+    checkpoint = _generator().make_checkpoint(0, DEPTH)
     checkpoint.update(epoch=12, best_val_loss=0.3,
                       encoder_opt={"state": {}, "param_groups": [{"lr": 4e-4, "betas": (0.9, 0.999), "params": [0]}]})
     path = tmp_path_factory.mktemp("reference") / "best.pth.tar"
