@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from sam3d_nnunet.atomic import savefig_atomic
 from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name
 from sam3d_nnunet.benchmark.report import main_nsd_tolerance, nsd_key
 
@@ -32,14 +32,9 @@ def _plt():
 
 
 def _save(fig, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        savefig_atomic(fig, path, format="png", dpi=110, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         _plt().close(fig)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional
 
+from sam3d_nnunet.atomic import write_text_atomic
 from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name, iterative_protocol_name
 
 
@@ -196,8 +197,7 @@ def render_report(results: dict) -> str:
 
 
 def write_report(results: dict, path: str) -> None:
-    from sam3d_nnunet.benchmark.runner import _atomic_write_text
-    _atomic_write_text(path, render_report(results))
+    write_text_atomic(path, render_report(results))
 
 
 __all__ = ["render_report", "write_report", "table_rows", "main_nsd_tolerance"]

@@ -49,11 +49,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sam3d_nnunet.atomic import atomic_path
 from sam3d_nnunet.inference.io import (
     ImageGeometry,
     InferenceInputError,
     _quiet,
-    atomic_path,
     geometry_from_properties,
     read_images,
     reader_uses_itk_index_order,
