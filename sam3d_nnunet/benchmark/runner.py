@@ -125,6 +125,25 @@ def _nanmean(values) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+#: SAM variants of this package for which SAM publishes no weights (a checkpoint of them holds random weights)
+VARIANTS_WITHOUT_SAM_WEIGHTS = ("tiny",)
+
+
+def sam_weights_context(plans: dict) -> dict:
+    """What a SAM3D model's encoder started from, read from its plans (``plans['sam3d']``): the SAM variant, the
+    SAM checkpoint the trainer loaded (None: none) and whether those are SAM's pretrained weights."""
+    sam = plans.get("sam3d") or {}
+    arch = {}
+    for configuration in (plans.get("configurations") or {}).values():
+        arch = (configuration.get("architecture") or {}).get("arch_kwargs") or {}
+        if arch:
+            break
+    variant = sam.get("sam_variant") or arch.get("variant")
+    checkpoint = sam.get("sam_checkpoint")
+    return {"variant": variant, "checkpoint": checkpoint,
+            "pretrained": bool(checkpoint) and variant not in VARIANTS_WITHOUT_SAM_WEIGHTS}
+
+
 def _checkpoint_identity(path: str) -> dict:
     st = os.stat(path)
     return {"file": os.path.abspath(path), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
@@ -461,6 +480,7 @@ class BenchmarkRunner:
                     t = sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)
                     entry["parameters"] = {"total_trainable": t, "total": n, "tuned": t}
                 entry["prompted"] = bool(predictor.prompted)
+                entry["sam_weights"] = sam_weights_context(predictor.plans_manager.plans)
             auto_predictor = PromptedPredictor(
                 predictor.network, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json,
                 self.cfg.device, prompted=False, allowed_mirroring_axes=predictor.allowed_mirroring_axes,
