@@ -140,9 +140,8 @@ def write_section(path: Path, text: str) -> None:
         new = pattern.sub(lambda m: text.rstrip() + "\n\n", old, count=1).rstrip() + "\n"
     else:
         new = (old.rstrip() + "\n\n" if old.strip() else "# Benchmarks\n\n") + text.rstrip() + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
+    from sam3d_nnunet.atomic import write_text_atomic
+    write_text_atomic(path, new)
 
 
 def main(argv=None) -> int:

@@ -457,10 +457,8 @@ def run_gpu_case(name: str) -> dict:
 
 
 def _write(output: Path, payload: dict) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, output)
+    from sam3d_nnunet.atomic import save_json_atomic
+    save_json_atomic(payload, output, indent=2)
 
 
 def main() -> int:

@@ -114,6 +114,21 @@ def round_up(x: float, unit: int) -> int:
     return int(max(unit, math.ceil(float(x) / unit) * unit))
 
 
+def region_based_refusal(dataset_json: dict, dataset_name: str) -> Optional[str]:
+    """Why the SAM3D planner refuses a dataset whose ``dataset.json`` is region-based (nnU-Net's rule: a label
+    given as a list of several values, or ``regions_class_order``), else None. ``sam3d-nnunet
+    plan_and_preprocess`` asks before fingerprinting; the planner asks again when it is created."""
+    labels = dataset_json.get('labels') or {}
+    regions = [k for k, v in labels.items() if isinstance(v, (list, tuple)) and len(v) > 1]
+    if not regions and dataset_json.get('regions_class_order') is None:
+        return None
+    return (f"dataset {dataset_name} is region-based (regions_class_order "
+            f"{dataset_json.get('regions_class_order')}, labels given as lists of values: {regions}). The SAM3D "
+            f"network is prompted for ONE integer class at a time and its trainers do not support nnU-Net's "
+            f"region-based training; write the labels as plain integer classes (one label value per class) or "
+            f"plan this dataset with nnU-Net's own planner.")
+
+
 class SAM3DPlanner(ExperimentPlanner):
     """nnU-Net planner for ``sam3d_nnunet.model.SAM3DNet`` (see the module docstring)."""
 
@@ -147,16 +162,10 @@ class SAM3DPlanner(ExperimentPlanner):
     def refuse_unsupported_labels(self) -> None:
         """Region-based datasets are refused (clear message); an ``ignore`` label is supported."""
         from nnunetv2.utilities.label_handling.label_handling import LabelManager
-        labels = self.dataset_json.get('labels', {})
-        regions = [k for k, v in labels.items() if isinstance(v, (list, tuple)) and len(v) > 1]
-        if regions or self.dataset_json.get('regions_class_order') is not None:
-            raise ValueError(
-                f"SAM3DPlanner: dataset {self.dataset_name} is region-based (regions_class_order "
-                f"{self.dataset_json.get('regions_class_order')}, labels given as lists of values: {regions}). The "
-                f"SAM3D network is prompted for ONE integer class at a time and its trainers do not support "
-                f"nnU-Net's region-based training; write the labels as plain integer classes (one label value per "
-                f"class) or plan this dataset with nnU-Net's own planner.")
-        LabelManager(labels, None)  # nnU-Net's own checks (e.g. the ignore label must be the highest value)
+        reason = region_based_refusal(self.dataset_json, self.dataset_name)
+        if reason is not None:
+            raise ValueError(f"SAM3DPlanner: {reason}")
+        LabelManager(self.dataset_json.get('labels', {}), None)  # nnU-Net's own checks (e.g. the ignore label must be the highest value)
 
     def label_record(self) -> dict:
         from nnunetv2.utilities.label_handling.label_handling import LabelManager

@@ -167,15 +167,20 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
     for case in cases:
         assert base["per_case"][case]["protocols"]["nnunet"]["prediction_file"].endswith(
             f"{BASE}/fold_0/validation/{case}.nii.gz")
+        # every phantom holds an organ and a tumour, so every score exists (Dice and NSD are only undefined,
+        # None in results.json, where reference and prediction are both empty)
         for c in ("1", "2"):
             m = base["per_case"][case]["protocols"]["nnunet"]["metrics"][c]
-            assert all(k in m for k in metrics)
+            assert m["n_ref"] > 0, (case, c)
+            for k in metrics:
+                assert m[k] is not None and 0.0 <= m[k] <= 1.0, ("nnunet", case, c, k, m[k])
         for p in protocols:
             entry = sam["per_case"][case]["protocols"][p]
             for c in ("1", "2"):
+                assert entry["metrics"][c]["n_ref"] > 0, (case, c)
                 for k in metrics:
                     v = entry["metrics"][c][k]
-                    assert v is None or 0.0 <= v <= 1.0
+                    assert v is not None and 0.0 <= v <= 1.0, (p, case, c, k, v)
             assert os.path.isfile(entry["prediction_file"])
             t = entry["time_breakdown_s"]
             assert entry["time_s"] == pytest.approx(t["preprocess"] + t["predict"] + t["export"])
@@ -189,12 +194,20 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
                 assert v["clicks_raw_voxel"][: len(prev["clicks_raw_voxel"])] == prev["clicks_raw_voxel"]
         curve = sam["iterative"]["per_case"][case]["1"]["curves"]["Dice"]
         auc = sam["iterative"]["per_case"][case]["1"]["auc"]["Dice"]
-        valid = [v for v in curve if v is not None]
-        assert auc == pytest.approx(np.mean(valid)) and 0 <= auc <= 1
+        assert None not in curve, curve
+        assert auc == pytest.approx(np.mean(curve)) and 0 <= auc <= 1
         assert sam["iterative"]["per_case"][case]["1"]["final"]["Dice"] == curve[-1]
     assert sam["parameters"]["tuned"] > 0 and sam["parameters"]["encoder_frozen"] > 0
     assert base["parameters"]["tuned"] > sam["parameters"]["tuned"]
     assert sam["summary"]["clicks_1"]["time_per_case_s"] > 0 and base["summary"]["nnunet"]["time_per_case_s"] > 0
+    for proto in ["nnunet"]:
+        for c in ("1", "2"):
+            assert all(base["summary"][proto]["mean"][c][k] is not None for k in metrics), base["summary"][proto]
+    for proto in protocols:
+        for c in ("1", "2"):
+            assert all(sam["summary"][proto]["mean"][c][k] is not None for k in metrics), (proto, c)
+    assert sam["sam_weights"] == {"variant": "tiny", "checkpoint": str(demo_workdir / "sam_tiny_random_weights.pth"),
+                                  "pretrained": False}
 
     # the clicks are the seeded protocol: recomputed from the ground truth they are the same; 1 within 3
     import SimpleITK as sitk
@@ -216,6 +229,8 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
                 "|  | 1 random |", "|  | 3 random |", "|  | 3 iterative (final) |"):
         assert row in report, row
     assert "## Iterative correction" in report and "AUC" in report
+    assert "## Models" in report and "SAM variant `tiny`" in report and "**random weights**" in report
+    assert "**Note:** SAM3D (nnUNetTrainerSAM3D_budget) did not start from SAM's pretrained weights" in report
     import matplotlib.image as mpimg
     for name in ("dice_vs_clicks", "nsd_vs_clicks", "scatter_dice", "iterative_dice", "overlay_best",
                  "overlay_median", "overlay_worst"):
@@ -227,30 +242,66 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
     assert not list(out.rglob(".*tmp*")), "no temporary files left"
 
 
+def _config(out: Path, **overrides):
+    from sam3d_nnunet.benchmark.runner import BenchmarkConfig
+    settings = dict(dataset="990", folds=[0], sam=["nnUNetTrainerSAM3D_budget:SAM3DPlans"],
+                    baseline="nnUNetTrainer_budget:nnUNetPlans", clicks=[1], iterative=2, auto=True, seed=0,
+                    output_dir=str(out), baseline_timing_cases=0, progress=False, plots=False)
+    return BenchmarkConfig(**{**settings, **overrides})
+
+
+def _mask(path: str) -> np.ndarray:
+    import SimpleITK as sitk
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+
 @pytest.mark.slow
-def test_benchmark_rerun_reuses_predictions_and_is_deterministic(demo_workdir, tmp_path, monkeypatch):
-    from sam3d_nnunet.benchmark.runner import BenchmarkConfig, run_benchmark
+def test_benchmark_is_deterministic_in_fresh_folders_and_a_rerun_reuses_predictions(demo_workdir, tmp_path,
+                                                                                  monkeypatch):
+    """Two runs into two fresh folders predict everything anew and agree exactly (clicks, masks, scores); a
+    third run into the first folder predicts nothing again and agrees too. (The tiny demo model, fold 0's two
+    validation cases, automatic + 1 click + 2 iterative steps.)"""
+    from sam3d_nnunet.benchmark.runner import run_benchmark
     for k, v in _env(demo_workdir).items():
         monkeypatch.setenv(k, v)
-    out = demo_workdir / "nnUNet_results" / NAME / "benchmark"
-    before = json.loads((out / "results.json").read_text())
-    cfg = BenchmarkConfig(dataset="990", folds=[0], sam=["nnUNetTrainerSAM3D_budget:SAM3DPlans"],
-                          baseline="nnUNetTrainer_budget:nnUNetPlans", clicks=[1, 3], iterative=3, seed=0,
-                          output_dir=str(out), baseline_timing_cases=1, progress=False, plots=False)
-    again = run_benchmark(cfg)
-    sam = again["methods"][SAM]["per_case"]
-    for case, v in sam.items():
+    a = run_benchmark(_config(tmp_path / "a"))
+    b = run_benchmark(_config(tmp_path / "b"))
+    assert a["cases"] == b["cases"] and len(a["cases"]) >= 2, "the same cases and clicks"
+    runs = (a["methods"][SAM]["per_case"], b["methods"][SAM]["per_case"])
+    assert sorted(runs[0]) == sorted(runs[1])
+    n_predicted = 0
+    for case in runs[0]:
+        protocols = runs[0][case]["protocols"]
+        assert set(protocols) == set(runs[1][case]["protocols"]) == {"auto", "clicks_1", "iterative_step_1",
+                                                                     "iterative_step_2"}
+        for p, first in protocols.items():
+            second = runs[1][case]["protocols"][p]
+            assert not first["reused"] and not second["reused"], f"{case} {p}: a fresh folder reused a prediction"
+            assert first["prediction_file"] != second["prediction_file"]
+            assert first["prediction_file"].startswith(str(tmp_path / "a"))
+            assert np.array_equal(_mask(first["prediction_file"]), _mask(second["prediction_file"])), (case, p)
+            assert first["metrics"] == second["metrics"], (case, p)
+            assert first.get("prompts") == second.get("prompts"), (case, p)
+            n_predicted += "same_as" not in first
+    assert n_predicted >= 6, "auto, clicks_1 and iterative_step_2 predicted for each case"
+    def means(results):  # the summaries without the wall times
+        return {p: {k: v for k, v in s.items() if k != "time_per_case_s"}
+                for p, s in results["methods"][SAM]["summary"].items()}
+    assert means(a) == means(b)
+    assert a["methods"][SAM]["iterative"] == b["methods"][SAM]["iterative"]
+    assert a["methods"][BASE]["per_case"] == b["methods"][BASE]["per_case"]
+
+    again = run_benchmark(_config(tmp_path / "a"))
+    for case, v in again["methods"][SAM]["per_case"].items():
         for p, entry in v["protocols"].items():
             assert entry["reused"], f"{case} {p} was predicted again"
-            assert entry["metrics"] == before["methods"][SAM]["per_case"][case]["protocols"][p]["metrics"]
-    assert again["cases"] == before["cases"]
-    # another seed: other clicks (and new predictions in another folder)
-    cfg2 = BenchmarkConfig(dataset="Dataset990_SAM3DDemo", folds=[0], sam=["nnUNetTrainerSAM3D_budget:SAM3DPlans"],
-                           baseline="nnUNetTrainer_budget:nnUNetPlans", clicks=[1], iterative=0, auto=False, seed=5,
-                           output_dir=str(tmp_path / "seed5"), baseline_timing_cases=0, progress=False, plots=False)
-    other = run_benchmark(cfg2)
+            assert entry["metrics"] == runs[0][case]["protocols"][p]["metrics"]
+
+    # another seed: other clicks
+    other = run_benchmark(_config(tmp_path / "seed5", clicks=[1], iterative=0, auto=False, seed=5,
+                                  dataset="Dataset990_SAM3DDemo"))
     case = sorted(other["cases"])[0]
-    assert other["cases"][case]["clicks"]["clicks_1"] != before["cases"][case]["clicks"]["clicks_1"]
+    assert other["cases"][case]["clicks"]["clicks_1"] != a["cases"][case]["clicks"]["clicks_1"]
     assert set(other["methods"][SAM]["summary"]) == {"clicks_1"}
     assert (tmp_path / "seed5" / "report.md").is_file()
 

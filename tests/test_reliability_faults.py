@@ -2,7 +2,7 @@
 
 * training: ``nnUNetv2_train -tr nnUNetTrainerSAM3D_5epochs -p SAM3DPlans -device cpu`` on 6 tiny CT phantoms is
   SIGKILLed at a seeded random moment, then killed again from inside ``torch.save`` with a seeded share of the
-  checkpoint's bytes written (the process dies while ``.checkpoint_*.pth.tmp-<pid>`` is half written), then
+  checkpoint's bytes written (the process dies while ``.checkpoint_*.<hex>.tmp.pth`` is half written), then
   resumed with ``--c`` to the end. After every kill every ``checkpoint_*.pth`` on disk loads (``torch.load``,
   ``weights_only=True``); the finished run has 5 epochs in its checkpoint and the resumed log continues where the
   checkpoint left off. (A SIGKILLed trainer's data-augmentation workers outlive it, nnU-Net's behaviour; the
@@ -47,7 +47,7 @@ import torch
 N, SHARE = int(os.environ["SAM3D_FAULT_SAVE_INDEX"]), float(os.environ["SAM3D_FAULT_SHARE"])
 real_save, calls = torch.save, [0]
 def dying_save(obj, f, *args, **kwargs):
-    if isinstance(f, (str, os.PathLike)) and ".tmp-" in os.fspath(f):
+    if isinstance(f, (str, os.PathLike)) and os.fspath(f).endswith(".tmp.pth"):
         calls[0] += 1
         if calls[0] == N:
             buf = io.BytesIO()
@@ -130,7 +130,7 @@ def _checkpoints_on_disk(fold: Path) -> dict:
 
 
 def _temporaries(fold: Path) -> list:
-    return sorted(p.name for p in fold.glob(".checkpoint_*.pth.tmp-*"))
+    return sorted(p.name for p in fold.glob(".checkpoint_*.tmp.pth"))
 
 
 # ================================================================================================ training

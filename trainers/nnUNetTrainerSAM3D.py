@@ -77,11 +77,14 @@ from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from sam3d_nnunet.atomic import atomic_path, remove_stale_temporaries
 from sam3d_nnunet.inference.prompted_predictor import (ClassPrompt, PromptedPredictor, protocol_prompts_from_label,
                                                        raw_to_preprocessed_coords)
 from sam3d_nnunet.model.precision import autocast as precision_autocast
 from sam3d_nnunet.model.precision import resolve_precision
 from sam3d_nnunet.prompts.simulation import add_correction_clicks, protocol_clicks, simulate_training_prompts
+
+CHECKPOINT_STEMS = ("checkpoint_latest", "checkpoint_best", "checkpoint_final")  # nnU-Net's checkpoint files
 
 
 def _loud_warning(message: str, trainer: Optional[nnUNetTrainer] = None) -> None:
@@ -322,20 +325,16 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written to a temporary name in the same folder and moved into place with
-        ``os.replace``: an interrupted save never leaves a truncated ``checkpoint_*.pth``. Slim if asked."""
+        ``os.replace`` (``sam3d_nnunet.atomic``): an interrupted save never leaves a truncated
+        ``checkpoint_*.pth``. Slim if asked."""
         if self.local_rank != 0:
             return
-        folder, base = os.path.split(os.path.abspath(filename))
-        tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
-        try:
+        if self.disable_checkpointing:  # nnU-Net writes nothing, only logs that
+            return super().save_checkpoint(filename)
+        with atomic_path(filename) as tmp:
             super().save_checkpoint(tmp)
-            if os.path.isfile(tmp):
-                if self.wants_slim_checkpoints():
-                    self._make_slim(tmp)
-                os.replace(tmp, filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            if self.wants_slim_checkpoints():
+                self._make_slim(tmp)
 
     def wants_slim_checkpoints(self) -> bool:
         return self.slim_checkpoints or os.environ.get("SAM3D_SLIM_CHECKPOINTS", "0").lower() in ("1", "true", "yes")
@@ -359,10 +358,8 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
 
     def on_train_start(self):
         # temporary files of a save that a killed run left behind
-        if self.output_folder is not None and os.path.isdir(self.output_folder):
-            for name in os.listdir(self.output_folder):
-                if name.startswith(".checkpoint_") and ".pth.tmp-" in name:
-                    os.remove(os.path.join(self.output_folder, name))
+        if self.output_folder is not None:
+            remove_stale_temporaries(self.output_folder, CHECKPOINT_STEMS, min_age_s=0)
         super().on_train_start()
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:

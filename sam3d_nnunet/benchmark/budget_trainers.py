@@ -64,9 +64,8 @@ def write_ext_trainer_shim(folder) -> Path:
             "from sam3d_nnunet.benchmark.budget_trainers import *  # noqa: F401,F403\n")
     shim = folder / SHIM_MODULE
     if not shim.is_file() or shim.read_text() != text:
-        tmp = folder / f".{SHIM_MODULE}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, shim)
+        from sam3d_nnunet.atomic import write_text_atomic
+        write_text_atomic(shim, text)
     return folder
 
 

@@ -6,17 +6,19 @@
 * ``iterative_dice.png``: Dice per correction step (mean and every case), nnU-Net as a horizontal line;
 * ``overlay_best.png``, ``overlay_median.png``, ``overlay_worst.png``: the image slice through the centre of the
   smallest object class, with the ground-truth contour and the contours of both predictions (full slice and a
-  zoom on the object), cases ranked by the SAM3D Dice of that class.
+  zoom on the object), cases ranked by the SAM3D Dice of that class. Grey values are shown in the dataset's
+  foreground intensity window (``display_window``); the legend names, per method, the class each contour shows
+  and that class's Dice (thick lines: the ranked class, thin lines: the other classes).
 """
 from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from sam3d_nnunet.atomic import savefig_atomic
 from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name
 from sam3d_nnunet.benchmark.report import main_nsd_tolerance, nsd_key
 
@@ -32,14 +34,9 @@ def _plt():
 
 
 def _save(fig, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        savefig_atomic(fig, path, format="png", dpi=110, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         _plt().close(fig)
 
 
@@ -190,21 +187,25 @@ def rank_cases(results: dict, key: str, proto: str, c: str) -> List[str]:
     return [case for _, case in sorted(scored, key=lambda t: (-t[0], t[1]))]
 
 
-def _window(image: np.ndarray, gt: np.ndarray):
-    """Grey-value window from the tissue around the labelled objects (percentiles 1 and 99 inside the labels'
-    bounding box grown by half its size), so that air or bone far away does not wash the objects out."""
-    fg = np.argwhere(gt > 0)
-    if len(fg):
-        lo_i, hi_i = fg.min(0), fg.max(0) + 1
-        grow = np.maximum((hi_i - lo_i) // 2, 2)
-        box = tuple(slice(max(int(a - g), 0), int(b + g)) for a, b, g in zip(lo_i, hi_i, grow))
-        values = image[box]
+def display_window(image: np.ndarray, gt: np.ndarray, intensity_properties: Optional[dict] = None):
+    """(low, high) grey values shown black and white: the intensities of the labelled objects, so that they are
+    not washed out by air or bone (a CT's -1000 HU air would otherwise stretch the range and leave soft tissue,
+    organ and tumour all near white). The dataset's foreground intensity range from nnU-Net's fingerprint
+    (``intensity_properties``: the plans' ``foreground_intensity_properties_per_channel['0']``, percentiles 0.5
+    and 99.5 of the labelled voxels of all training cases, nnU-Net's CT clipping window) if given, else the same
+    percentiles of this image's labelled voxels (of the whole image if it has none); widened by a quarter of its
+    width on both sides, so that the brightest and darkest objects are not clipped to white or black."""
+    props = intensity_properties or {}
+    if "percentile_00_5" in props and "percentile_99_5" in props:
+        lo, hi = float(props["percentile_00_5"]), float(props["percentile_99_5"])
     else:
-        values = image
-    lo, hi = np.percentile(values, [1, 99])
-    if hi <= lo:
-        lo, hi = float(image.min()), float(image.max()) + 1e-6
-    return float(lo), float(hi)
+        values = image[gt > 0] if np.any(gt > 0) else image
+        lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    lo, hi = lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo)
+    if not hi > lo:
+        lo, hi = float(image.min()), float(image.max())
+        hi = hi if hi > lo else lo + 1.0
+    return lo, hi
 
 
 def _contour(ax, mask, colour, style, lw=1.6):
@@ -212,9 +213,36 @@ def _contour(ax, mask, colour, style, lw=1.6):
         ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=[style], linewidths=lw)
 
 
+def _overlay_legend(results: dict, case: str, key: str, proto: str, c: str, z: int, gt: np.ndarray,
+                    pred_sam: np.ndarray, pred_base: np.ndarray) -> list:
+    """Legend entries (label, colour, line style, line width): one per method and class, named by the class its
+    contour shows and carrying that class's Dice in this case; thick lines for class ``c``."""
+    names = results["labels"]
+    shown = [c] + [k for k in names if k != c] if len(names) <= 3 else [c]
+    base_key = results["baseline"]
+    methods = [(GT_COLOUR, "solid", 0.4, "ground truth", gt, None),
+               (BASE_COLOUR, "dashed", 0.0, "nnU-Net", pred_base,
+                results["methods"][base_key]["per_case"][case]["protocols"]["nnunet"]["metrics"]),
+               ("red", "solid", 0.0, f"SAM3D {proto.replace('_', ' ')}", pred_sam,
+                results["methods"][key]["per_case"][case]["protocols"][proto]["metrics"])]
+    entries = []
+    for colour, style, extra_width, method, seg, metrics in methods:
+        for k in shown:
+            text = f"{method}: {names[k]}"
+            notes = [] if metrics is None else [f"Dice {_nan(metrics[k]['Dice']):.3f}"]
+            if not np.any(seg[z] == int(k)):
+                notes.append("none on this slice")
+            if notes:
+                text += f" ({', '.join(notes)})"
+            entries.append((text, colour, style, (2.0 if k == c else 1.0) + extra_width))
+    if len(shown) < len(names):
+        entries.append(("thin lines: the other classes", "grey", "solid", 1.0))
+    return entries
+
+
 def plot_overlay(results: dict, case: str, rank: str, key: str, proto: str, c: str, image: np.ndarray,
                  gt: np.ndarray, pred_sam: np.ndarray, pred_base: np.ndarray, spacing, clicks: Optional[dict],
-                 path: str) -> None:
+                 path: str, intensity_properties: Optional[dict] = None) -> None:
     from matplotlib.lines import Line2D
     plt = _plt()
     cls = int(c)
@@ -223,7 +251,7 @@ def plot_overlay(results: dict, case: str, rank: str, key: str, proto: str, c: s
         obj = gt > 0
     z = int(round(np.argwhere(obj).mean(0)[0])) if obj.any() else image.shape[0] // 2
     img = image[z].astype(np.float32)
-    lo, hi = _window(image, gt)
+    lo, hi = display_window(image, gt, intensity_properties)
     aspect = float(spacing[1]) / float(spacing[2])
     fg_labels = [int(x) for x in results["labels"]]
     region = (gt[z] == cls) | (pred_sam[z] == cls) | (pred_base[z] == cls)
@@ -257,17 +285,15 @@ def plot_overlay(results: dict, case: str, rank: str, key: str, proto: str, c: s
         ax.set_xticks([])
         ax.set_yticks([])
     m = results["methods"][key]
-    d_sam = m["per_case"][case]["protocols"][proto]["metrics"][c]["Dice"]
-    d_base = results["methods"][results["baseline"]]["per_case"][case]["protocols"]["nnunet"]["metrics"][c]["Dice"]
-    handles = [Line2D([], [], color=GT_COLOUR, lw=2, label="ground truth"),
-               Line2D([], [], color=BASE_COLOUR, lw=2, ls="--", label=f"nnU-Net (Dice {_nan(d_base):.3f})"),
-               Line2D([], [], color="red", lw=2, label=f"SAM3D {proto.replace('_', ' ')} (Dice {_nan(d_sam):.3f})")]
+    handles = [Line2D([], [], color=colour, ls=style, lw=lw, label=text)
+               for text, colour, style, lw in _overlay_legend(results, case, key, proto, c, z, gt, pred_sam,
+                                                               pred_base)]
     if clicks:
         label = "click (+ pos, x neg), within 1.5 slices"
         if hidden_slices:
             label += f"; {results['labels'][c]} click(s) on slice(s) {sorted(hidden_slices)[:4]}"
         handles.append(Line2D([], [], color="yellow", marker="+", ls="", mew=2, ms=10, label=label))
-    axes[1].legend(handles=handles, fontsize=8, loc="lower right", framealpha=0.8)
+    axes[1].legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.8)
     others = "; thin lines: the other classes" if len(fg_labels) > 1 else ""
     fig.suptitle(f"{rank} case {case}: {results['labels'][c]} (label {c}, thick lines{others}), "
                  f"{_short(m['display'])}")
@@ -300,7 +326,9 @@ def make_plots(results: dict, output_dir: str, images: Dict[str, List[str]], run
     if not ranked:
         return out
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    rw = PlansManager(os.path.join(m["model_folder"], "plans.json")).image_reader_writer_class()
+    plans = PlansManager(os.path.join(m["model_folder"], "plans.json"))
+    rw = plans.image_reader_writer_class()
+    intensity = (plans.foreground_intensity_properties_per_channel or {}).get("0")
     picks = [("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])]
     for rank, case in picks:
         image, _ = rw.read_images(images[case])
@@ -315,10 +343,10 @@ def make_plots(results: dict, output_dir: str, images: Dict[str, List[str]], run
         name = f"overlay_{rank}.png"
         plot_overlay(results, case, rank, key, proto, c, np.asarray(image[0]), np.asarray(gt[0]),
                      np.asarray(pred_sam[0]), np.asarray(pred_base[0]), props["spacing"], clicks,
-                     os.path.join(output_dir, name))
+                     os.path.join(output_dir, name), intensity)
         out[f"{rank} case ({case})"] = name
     return out
 
 
 __all__ = ["make_plots", "plot_metric_vs_clicks", "plot_scatter", "plot_iterative", "plot_overlay",
-           "overlay_class", "rank_cases"]
+           "overlay_class", "rank_cases", "display_window"]

@@ -3,8 +3,10 @@ NSD at every tolerance, the iterative-correction curves, per-case Dice and the p
 from __future__ import annotations
 
 import math
+import os
 from typing import List, Optional
 
+from sam3d_nnunet.atomic import write_text_atomic
 from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name, iterative_protocol_name
 
 
@@ -35,6 +37,38 @@ def main_nsd_tolerance(results: dict) -> float:
     """The NSD tolerance of the main table: 5 mm (the paper's) if evaluated, else the largest."""
     tols = [float(t) for t in results["tolerances_mm"]]
     return 5.0 if 5.0 in tols else max(tols)
+
+
+def _total(p: Optional[dict]) -> str:
+    return _params({"tuned": p.get("total")}) if p else "n/a"
+
+
+def model_context(results: dict) -> List[str]:
+    """Lines of the report's "Models" section: per SAM3D model its SAM variant and what its encoder started
+    from (``sam_weights`` of results.json, read from the plans), with its size; nnU-Net's baseline trains from
+    scratch. Models whose encoder did not start from SAM's weights are flagged, as the demo's console says."""
+    lines = []
+    for key in results["sam_methods"]:
+        m = results["methods"][key]
+        sam = m.get("sam_weights") or {}
+        variant, checkpoint = sam.get("variant"), sam.get("checkpoint")
+        size = f"{_total(m.get('parameters'))} parameters, {_params(m.get('parameters'))} of them trained"
+        if not sam:
+            start = "what its encoder started from is not recorded in results.json"
+        elif not checkpoint:
+            start = ("**random weights**: the plans name no SAM checkpoint, so the ViT encoder started from random "
+                     "weights, not from SAM's pretrained ones")
+        elif not sam.get("pretrained"):
+            start = (f"**random weights**: SAM publishes no weights for the `{variant}` variant (this package's "
+                     f"test-size encoder); the SAM-format checkpoint `{os.path.basename(checkpoint)}` holds random "
+                     f"weights, so the scores show the pipeline at work, not what SAM's pretrained features bring")
+        else:
+            start = f"encoder weights from the SAM checkpoint `{os.path.basename(checkpoint)}`"
+        lines.append(f"- {m['display']}: SAM variant `{variant or 'unknown'}` ({size}); {start}.")
+    base = results["methods"][results["baseline"]]
+    lines.append(f"- {base['display']}: nnU-Net's own network, trained from scratch ({_total(base.get('parameters'))} "
+                 f"parameters).")
+    return lines
 
 
 def table_rows(results: dict) -> List[dict]:
@@ -85,6 +119,17 @@ def render_report(results: dict) -> str:
       f"`gt_segmentations` in native geometry: nnU-Net's Dice and the normalised surface Dice (NSD) at the real "
       f"spacing; mean over cases in %, a class absent from both reference and prediction is left out of the "
       f"Dice mean (nnU-Net's convention). Device: {results.get('device', 'cpu')}.")
+    w("")
+    untrained = [results["methods"][k]["display"] for k in results["sam_methods"]
+                 if results["methods"][k].get("sam_weights", {"pretrained": True})["pretrained"] is False]
+    if untrained:
+        w(f"**Note:** {', '.join(untrained)} did not start from SAM's pretrained weights (see Models below): these "
+          f"numbers say nothing about what SAM's features bring.")
+        w("")
+    w("## Models")
+    w("")
+    for line in model_context(results):
+        w(line)
     w("")
     w(f"## Dice / NSD@{tol:g}mm (%), the paper's format")
     w("")
@@ -196,8 +241,7 @@ def render_report(results: dict) -> str:
 
 
 def write_report(results: dict, path: str) -> None:
-    from sam3d_nnunet.benchmark.runner import _atomic_write_text
-    _atomic_write_text(path, render_report(results))
+    write_text_atomic(path, render_report(results))
 
 
-__all__ = ["render_report", "write_report", "table_rows", "main_nsd_tolerance"]
+__all__ = ["render_report", "write_report", "table_rows", "main_nsd_tolerance", "model_context"]

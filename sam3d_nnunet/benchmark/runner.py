@@ -27,13 +27,13 @@ import json
 import math
 import os
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from sam3d_nnunet.atomic import atomic_path, save_json_atomic
 from sam3d_nnunet.benchmark.protocols import (AUTO, add_correction_clicks_native, area_under_curve,
                                               clicks_protocol_name, iterative_protocol_name, nested_click_prompts,
                                               prompts_key, prompts_to_json)
@@ -100,21 +100,8 @@ class _Paths:
 
 
 # ------------------------------------------------------------------------------------------ small helpers
-def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def atomic_write_json(path: str, data) -> None:
-    _atomic_write_text(path, json.dumps(_json_safe(data), indent=1, sort_keys=False) + "\n")
+    save_json_atomic(_json_safe(data), path, indent=1)
 
 
 def _json_safe(obj):
@@ -136,6 +123,25 @@ def _json_safe(obj):
 def _nanmean(values) -> float:
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+#: SAM variants of this package for which SAM publishes no weights (a checkpoint of them holds random weights)
+VARIANTS_WITHOUT_SAM_WEIGHTS = ("tiny",)
+
+
+def sam_weights_context(plans: dict) -> dict:
+    """What a SAM3D model's encoder started from, read from its plans (``plans['sam3d']``): the SAM variant, the
+    SAM checkpoint the trainer loaded (None: none) and whether those are SAM's pretrained weights."""
+    sam = plans.get("sam3d") or {}
+    arch = {}
+    for configuration in (plans.get("configurations") or {}).values():
+        arch = (configuration.get("architecture") or {}).get("arch_kwargs") or {}
+        if arch:
+            break
+    variant = sam.get("sam_variant") or arch.get("variant")
+    checkpoint = sam.get("sam_checkpoint")
+    return {"variant": variant, "checkpoint": checkpoint,
+            "pretrained": bool(checkpoint) and variant not in VARIANTS_WITHOUT_SAM_WEIGHTS}
 
 
 def _checkpoint_identity(path: str) -> dict:
@@ -474,6 +480,7 @@ class BenchmarkRunner:
                     t = sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)
                     entry["parameters"] = {"total_trainable": t, "total": n, "tuned": t}
                 entry["prompted"] = bool(predictor.prompted)
+                entry["sam_weights"] = sam_weights_context(predictor.plans_manager.plans)
             auto_predictor = PromptedPredictor(
                 predictor.network, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json,
                 self.cfg.device, prompted=False, allowed_mirroring_axes=predictor.allowed_mirroring_axes,
@@ -623,14 +630,8 @@ class _CasePredictor:
             times = side["time_s"]
         else:
             seg, times = self._predict(prompts)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".tmp_{os.getpid()}_{uuid.uuid4().hex[:6]}_{self.case}{self.runner.file_ending}")
-            try:
+            with atomic_path(pred_file, self.runner.file_ending) as tmp:
                 self.rw.write_seg(seg, tmp, self.gt_props if self._pre is None else self._pre[1])
-                os.replace(tmp, pred_file)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
             atomic_write_json(side_file, {**expected, "time_s": times})
         self.last_segmentation = seg
         result = {"protocol": protocol, "prediction_file": pred_file, "reused": reused,

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from sam3d_nnunet.atomic import atomic_path, save_json_atomic
+
 PROG = "sam3d-nnunet demo"
 DATASET_ID = 990
 DATASET_NAME = "SAM3DDemo"
@@ -188,10 +190,7 @@ class _Demo:
                 raise DemoError(f"{self.root} was made by a demo with other settings ({path}); use another "
                                 f"--workdir or delete this one")
         else:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            os.replace(tmp, path)
+            save_json_atomic(record, path, indent=1)
         from sam3d_nnunet.benchmark.budget_trainers import write_ext_trainer_shim
         write_ext_trainer_shim(self.ext)
 
@@ -225,9 +224,8 @@ class _Demo:
             self.done(t0, f"already there: {self.sam_ckpt}")
             return
         from sam3d_nnunet.model import write_random_sam_checkpoint
-        tmp = self.sam_ckpt.with_suffix(".pth.tmp")
-        write_random_sam_checkpoint("tiny", tmp, seed=0)
-        os.replace(tmp, self.sam_ckpt)
+        with atomic_path(self.sam_ckpt) as tmp:
+            write_random_sam_checkpoint("tiny", tmp, seed=0)
         self.done(t0, f"wrote {self.sam_ckpt}")
 
     def _preprocessed_complete(self, plans: str) -> bool:

@@ -120,7 +120,7 @@ def import_reference(checkpoint_path: str, task_key: str, dataset_id: int, name:
     """Convert and write the model folder; returns its path. Raises with a one-line message on bad input."""
     import torch
 
-    from sam3d_nnunet.inference.io import atomic_path, save_json_atomic
+    from sam3d_nnunet.atomic import save_json_atomic, torch_save_atomic
     from sam3d_nnunet.model.reference_checkpoint import (convert_reference_checkpoint, read_reference_checkpoint,
                                                          reference_architecture)
     from sam3d_nnunet.model.sam3d_net import SAM3DNet
@@ -150,7 +150,7 @@ def import_reference(checkpoint_path: str, task_key: str, dataset_id: int, name:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     save_json_atomic(plans, os.path.join(folder, "plans.json"))
     save_json_atomic(dataset_json, os.path.join(folder, "dataset.json"))
-    record = {
+    torch_save_atomic({
         "network_weights": {k: v.contiguous() for k, v in weights.items()},
         "init_args": {"plans": plans, "configuration": CONFIGURATION, "fold": fold, "dataset_json": dataset_json,
                       "device": "cpu"},
@@ -159,9 +159,7 @@ def import_reference(checkpoint_path: str, task_key: str, dataset_id: int, name:
         "current_epoch": 0, "optimizer_state": None, "grad_scaler_state": None, "logging": {}, "_best_ema": None,
         "sam3d_reference_import": {"source": os.path.abspath(checkpoint_path), "task": task_key,
                                    "torch": str(torch.__version__)},
-    }
-    with atomic_path(target) as tmp:
-        torch.save(record, tmp)
+    }, target)
     return folder
 
 

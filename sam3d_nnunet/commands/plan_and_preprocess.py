@@ -88,12 +88,62 @@ def planner_for(name: str, sam_variant: str, sam_checkpoint: str | None, decoder
     return functools.partial(cls, sam_variant=sam_variant, sam_checkpoint=sam_checkpoint, decoder=decoder)
 
 
+class PlanningInputError(Exception):
+    """A dataset the command cannot plan; printed as one ``error:`` line (exit status 1)."""
+
+
+def raw_dataset_folders(dataset_ids) -> dict:
+    """{dataset id as given: its folder under ``$nnUNet_raw``}, or ``PlanningInputError`` naming the id nnU-Net
+    cannot resolve (nnU-Net's own error is a multi-line traceback after it has started fingerprinting)."""
+    import os
+
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise PlanningInputError("the environment variable nnUNet_raw is not set (nnU-Net's "
+                                 "documentation/setting_up_paths.md)")
+    folders = {}
+    for d in dataset_ids:
+        try:
+            name = maybe_convert_to_dataset_name(d)
+        except Exception:  # noqa: BLE001 - nnU-Net raises RuntimeError with a multi-line message
+            raise PlanningInputError(f"no dataset {d} in nnUNet_raw={raw} (nor in nnUNet_preprocessed / "
+                                     f"nnUNet_results): expected a folder Dataset{int(d):03d}_<name>") from None
+        folder = os.path.join(raw, name)
+        if not os.path.isfile(os.path.join(folder, "dataset.json")):
+            raise PlanningInputError(f"dataset {d}: {os.path.join(folder, 'dataset.json')} does not exist "
+                                     f"(planning reads the raw dataset)")
+        folders[d] = folder
+    return folders
+
+
+def refuse_region_based(folders: dict) -> None:
+    """The SAM3D planner's refusal of region-based datasets, before nnU-Net's fingerprint."""
+    import json
+    import os
+
+    from sam3d_nnunet.planners.sam3d_planner import region_based_refusal
+    for folder in folders.values():
+        path = os.path.join(folder, "dataset.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                dataset_json = json.load(f)
+        except (OSError, ValueError) as error:
+            raise PlanningInputError(f"cannot read {path}: {error}") from None
+        reason = region_based_refusal(dataset_json if isinstance(dataset_json, dict) else {},
+                                      os.path.basename(folder))
+        if reason is not None:
+            raise PlanningInputError(f"SAM3DPlanner: {reason}")
+
+
 def run(args: argparse.Namespace) -> int:
     from nnunetv2.experiment_planning import plan_and_preprocess_api as api
     from nnunetv2.experiment_planning import plan_and_preprocess_entrypoints as entry
 
+    from sam3d_nnunet.validation import InputFileError, validate_raw_datasets
+
     if args.d is None:
-        print("sam3d-nnunet plan_and_preprocess: -d DATASET_ID is required", file=sys.stderr)
+        print("sam3d-nnunet plan_and_preprocess: error: -d DATASET_ID is required", file=sys.stderr)
         return 2
     ours = planner_for(args.pl, args.sam_variant, args.sam_checkpoint, args.decoder)
     if ours is None and args.sam_checkpoint is not None:
@@ -102,13 +152,15 @@ def run(args: argparse.Namespace) -> int:
     if ours is not None:  # fail before fingerprinting if the checkpoint path is wrong
         import os
         if args.sam_checkpoint is not None and not os.path.isfile(os.path.expanduser(args.sam_checkpoint)):
-            print(f"sam3d-nnunet plan_and_preprocess: SAM checkpoint {args.sam_checkpoint} does not exist",
+            print(f"sam3d-nnunet plan_and_preprocess: error: SAM checkpoint {args.sam_checkpoint} does not exist",
                   file=sys.stderr)
             return 2
-    from sam3d_nnunet.validation import InputFileError, validate_raw_datasets
-    try:  # every raw image and label, before nnU-Net's fingerprint (sam3d_nnunet/validation.py)
+    try:  # unknown ids, region-based labels and every raw image and label, before nnU-Net's fingerprint
+        folders = raw_dataset_folders(args.d)
+        if ours is not None:
+            refuse_region_based(folders)
         validate_raw_datasets(args.d, num_workers=max(1, int(args.npfp or 1)))
-    except InputFileError as error:
+    except (PlanningInputError, InputFileError) as error:
         print(f"sam3d-nnunet plan_and_preprocess: error: {error}", file=sys.stderr)
         return 1
 

@@ -278,9 +278,9 @@ def predict_folder(predictor, input_folder: str, output_folder: str, *, clicks_f
 
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
+    from sam3d_nnunet.atomic import remove_stale_temporaries, save_json_atomic
     from sam3d_nnunet.inference.io import (InferenceInputError, _quiet, export_prediction_atomic,
-                                           geometry_from_properties, read_images, reader_uses_itk_index_order,
-                                           remove_stale_temporaries, save_json_atomic)
+                                           geometry_from_properties, read_images, reader_uses_itk_index_order)
     from sam3d_nnunet.inference.prompted_predictor import ClassPrompt, raw_to_preprocessed_coords
     from sam3d_nnunet.inference.session import predict_case
 

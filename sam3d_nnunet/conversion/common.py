@@ -7,8 +7,9 @@ Every converter writes nnU-Net v2's raw format, ``$nnUNet_raw/DatasetXXX_Name/{i
   in the dataset's label set, image/label geometry equal within :data:`GEOMETRY_TOLERANCE`); a failure raises
   :class:`ConversionError` whose message names the case and the file;
 * every output file is written under a temporary name in a hidden staging folder inside the target dataset
-  folder (same file system) and moved to its final name with ``os.replace``, so an interrupted conversion
-  never leaves a partial file under a final name;
+  folder (same file system) and moved to its final name with ``os.replace`` (:mod:`sam3d_nnunet.atomic`), so
+  an interrupted conversion never leaves a partial file under a final name, nor a temporary one where nnU-Net
+  lists the cases;
 * a case whose output files all exist is skipped, so rerunning the same command resumes an interrupted
   conversion; the conversion settings are stored in ``.sam3d_conversion.json`` in the dataset folder and a
   rerun with different settings (say with and without ``--tumour-only``) into the same folder is refused;
@@ -23,11 +24,12 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from sam3d_nnunet.atomic import save_json_atomic
 
 FILE_ENDING = ".nii.gz"
 SETTINGS_FILE = ".sam3d_conversion.json"
@@ -65,7 +67,7 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{check_dataset_name(name)}"
 
 
-# ------------------------------------------------------------------------------------ atomic writes
+# ---------------------------------------------------------------------------------- staging folders
 def make_staging_folder(target: str) -> str:
     """A hidden staging folder inside `target`; stale ones left by dead processes are removed first."""
     for entry in os.listdir(target):
@@ -83,44 +85,6 @@ def _pid_alive(pid: int) -> bool:
     except OSError:  # exists but not ours
         return True
     return True
-
-
-def _staging_path(staging: str, final_path: str) -> str:
-    # keeps the file ending (SimpleITK picks the format from it)
-    return os.path.join(staging, f"{uuid.uuid4().hex}-{os.path.basename(final_path)}")
-
-
-def write_image_atomic(image, final_path: str, staging: str) -> None:
-    import SimpleITK as sitk
-    tmp = _staging_path(staging, final_path)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, final_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def copy_file_atomic(source: str, final_path: str, staging: str) -> None:
-    tmp = _staging_path(staging, final_path)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, final_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_json_atomic(obj, final_path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(final_path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=4, sort_keys=False)
-        os.replace(tmp, final_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ------------------------------------------------------------------------------------------ geometry

@@ -10,9 +10,10 @@ import os
 import re
 import shutil
 
-from .common import (FILE_ENDING, ConversionError, Geometry, check_geometry, copy_file_atomic, finish_dataset,
-                     label_image_like, make_staging_folder, outputs_exist, prepare_label, prepare_target,
-                     read_sitk, run_cases, write_image_atomic)
+from sam3d_nnunet.atomic import copy_file_atomic, write_image_atomic
+
+from .common import (FILE_ENDING, ConversionError, Geometry, check_geometry, finish_dataset, label_image_like,
+                     make_staging_folder, outputs_exist, prepare_label, prepare_target, read_sitk, run_cases)
 
 IMAGE_FILE = "imaging.nii.gz"
 LABEL_FILE = "aggregated_MAJ_seg.nii.gz"

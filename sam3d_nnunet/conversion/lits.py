@@ -19,9 +19,10 @@ import shutil
 
 import numpy as np
 
+from sam3d_nnunet.atomic import write_image_atomic
+
 from .common import (FILE_ENDING, ConversionError, Geometry, check_geometry, finish_dataset, label_image_like,
-                     make_staging_folder, outputs_exist, prepare_label, prepare_target, run_cases,
-                     write_image_atomic)
+                     make_staging_folder, outputs_exist, prepare_label, prepare_target, run_cases)
 
 LABELS = {"background": 0, "liver": 1, "tumor": 2}
 TUMOUR_VALUE = 2

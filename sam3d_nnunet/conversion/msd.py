@@ -17,9 +17,10 @@ import re
 import shutil
 import tempfile
 
+from sam3d_nnunet.atomic import write_image_atomic
+
 from .common import (FILE_ENDING, ConversionError, Geometry, check_geometry, finish_dataset, label_image_like,
-                     make_staging_folder, outputs_exist, prepare_label, prepare_target, read_sitk, run_cases,
-                     write_image_atomic)
+                     make_staging_folder, outputs_exist, prepare_label, prepare_target, read_sitk, run_cases)
 
 TUMOUR_WORDS = ("tumour", "tumor", "cancer")
 

@@ -22,7 +22,9 @@ import os
 import pickle
 import re
 
-from .common import ConversionError, env_folder, save_json_atomic
+from sam3d_nnunet.atomic import save_json_atomic
+
+from .common import ConversionError, env_folder
 from .lits import lits_case_id
 
 NUM_FOLDS = 5
@@ -213,5 +215,5 @@ def convert_splits(pkl_path: str, dataset_id, overwrite: bool = False) -> str:
             return out
         if not overwrite:
             raise ConversionError(f"{out} exists with different splits; pass --overwrite to replace it")
-    save_json_atomic(splits, out)
+    save_json_atomic(splits, out, indent=4)
     return out

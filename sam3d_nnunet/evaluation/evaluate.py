@@ -28,7 +28,6 @@ import math
 import multiprocessing
 import os
 import sys
-import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
@@ -36,6 +35,7 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from sam3d_nnunet.atomic import atomic_path
 from sam3d_nnunet.evaluation.surface import nsd_at_tolerances, nsd_key
 
 LabelOrRegion = Union[int, tuple]
@@ -205,23 +205,6 @@ def aggregate(results: list[dict], labels_or_regions: Sequence[LabelOrRegion]) -
 
 
 # ------------------------------------------------------------------------------------------ output
-def _atomic_target(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _replace_atomically(path: str, write) -> None:
-    tmp = _atomic_target(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def case_id(reference_file: str, file_ending: str) -> str:
     name = os.path.basename(reference_file)
     return name[: -len(file_ending)] if file_ending and name.endswith(file_ending) else name
@@ -240,25 +223,23 @@ def write_summary_csv(result: dict, csv_file: str, tolerances_mm: Iterable[float
     columns = csv_columns(tolerances_mm)
     class_names = class_names or {}
 
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for case in result["metric_per_case"]:
-                for r, metrics in case["metrics"].items():
-                    key = label_or_region_to_key(r)
-                    row = {"case": case_id(case["reference_file"], file_ending), "class": key,
-                           "class_name": class_names.get(key, ""), **metrics}
-                    writer.writerow([row.get(c, "") for c in columns])
-
-    _replace_atomically(csv_file, write)
+    with atomic_path(csv_file) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for case in result["metric_per_case"]:
+            for r, metrics in case["metrics"].items():
+                key = label_or_region_to_key(r)
+                row = {"case": case_id(case["reference_file"], file_ending), "class": key,
+                       "class_name": class_names.get(key, ""), **metrics}
+                writer.writerow([row.get(c, "") for c in columns])
 
 
 def write_summary_json(result: dict, output_file: str) -> None:
     """nnU-Net's ``save_summary_json`` (tuple keys as strings, sorted keys), written atomically."""
     from nnunetv2.evaluation.evaluate_predictions import save_summary_json
 
-    _replace_atomically(output_file, lambda tmp: save_summary_json(result, tmp))
+    with atomic_path(output_file) as tmp:
+        save_summary_json(result, tmp)
 
 
 # ------------------------------------------------------------------------------------------ folders

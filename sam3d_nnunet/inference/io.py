@@ -8,22 +8,22 @@ Used by ``sam3d-nnunet predict`` and by ``InteractiveSession``:
   two SimpleITK index <-> physical point methods that ``sam3d_nnunet.prompts.to_array_indices`` needs; read
   from a file's header only (no voxel data), from nnU-Net's ``properties['sitk_stuff']``, or from a
   ``SimpleITK.Image``.
-* ``atomic_path`` / ``write_label_map`` / ``save_json_atomic`` / ``export_prediction_atomic``: every output is
-  written under a temporary name in its final folder and moved into place with ``os.replace``, so a reader (or
-  a rerun that skips finished cases) never sees half a file. nnU-Net's ``export_prediction_from_logits`` writes
+* ``write_label_map`` / ``export_prediction_atomic``: every output is written atomically
+  (:mod:`sam3d_nnunet.atomic`: a temporary name in its final folder, then ``os.replace``), so a reader (or a
+  rerun that skips finished cases) never sees half a file. nnU-Net's ``export_prediction_from_logits`` writes
   directly, so it is called with a temporary truncated name and its files are renamed afterwards (probabilities
   first, the segmentation last: an existing segmentation marks a finished case).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import uuid
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from sam3d_nnunet.atomic import temporary_sibling, write_image_atomic
 
 PathLike = Union[str, os.PathLike]
 
@@ -233,51 +233,6 @@ def reader_uses_itk_index_order(reader_writer_class) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- writing
-def _split_ending(name: str, ending: Optional[str]) -> Tuple[str, str]:
-    if ending and name.endswith(ending):
-        return name[: -len(ending)], ending
-    for e in (".nii.gz", ".nii", ".nrrd", ".mha", ".json", ".npz", ".pkl"):
-        if name.endswith(e):
-            return name[: -len(e)], e
-    stem, ext = os.path.splitext(name)
-    return stem, ext
-
-
-def temporary_sibling(path: PathLike, ending: Optional[str] = None) -> str:
-    """A unique hidden name in ``path``'s folder that keeps its file ending (writers pick the format by
-    ending): ``folder/.<stem>.<token>.tmp<ending>``."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    stem, ext = _split_ending(name, ending)
-    return os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:10]}.tmp{ext}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike, ending: Optional[str] = None) -> Iterator[str]:
-    """``with atomic_path(p) as tmp: write(tmp)``: ``tmp`` is moved onto ``p`` with ``os.replace`` when the
-    block succeeds, and removed when it fails."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = temporary_sibling(path, ending)
-    try:
-        yield tmp
-        if not os.path.isfile(tmp):
-            raise RuntimeError(f"nothing was written to the temporary file {tmp} for {path}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_json_atomic(obj, path: PathLike) -> None:
-    with atomic_path(path, ".json") as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-
-
 def write_label_map(label_map: np.ndarray, geometry: ImageGeometry, path: PathLike) -> None:
     """Write an array-order (z, y, x) label map with ``geometry`` (SimpleITK, compressed), atomically."""
     import SimpleITK as sitk
@@ -287,8 +242,7 @@ def write_label_map(label_map: np.ndarray, geometry: ImageGeometry, path: PathLi
     dtype = np.uint8 if label_map.max(initial=0) < 255 else np.uint16
     image = sitk.GetImageFromArray(label_map.astype(dtype, copy=False))
     geometry.apply_to(image)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, tmp, True)
+    write_image_atomic(image, path)
 
 
 def export_prediction_atomic(predicted, properties: dict, configuration_manager, plans_manager, dataset_json: dict,
@@ -300,10 +254,9 @@ def export_prediction_atomic(predicted, properties: dict, configuration_manager,
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
 
     final = os.fspath(output_file_truncated)
-    folder, case = os.path.split(final)
-    os.makedirs(folder or ".", exist_ok=True)
-    tmp = os.path.join(folder, f".{case}.{uuid.uuid4().hex[:10]}.tmp")
+    os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
     ending = dataset_json["file_ending"]
+    tmp = temporary_sibling(final + ending, ending)[: -len(ending)]  # nnU-Net adds the endings itself
     suffixes = [".npz", ".pkl"] if save_probabilities else []
     try:
         export_prediction_from_logits(predicted, properties, configuration_manager, plans_manager, dataset_json,
@@ -320,26 +273,5 @@ def export_prediction_atomic(predicted, properties: dict, configuration_manager,
                 os.remove(tmp + suffix)
 
 
-def remove_stale_temporaries(folder: PathLike, name: str, min_age_s: float = 3600.0) -> int:
-    """Remove the temporary files a killed run left for output ``name`` (a case id or file name) in ``folder``:
-    ``.<name>.<10 hex>.tmp*``, the names ``temporary_sibling`` and ``export_prediction_atomic`` use. Only files
-    untouched for ``min_age_s`` seconds count as left behind: a younger one may belong to another process
-    writing the same output right now (two predictions into one folder), whose rename would then fail."""
-    import re
-    import time
-    pattern = re.compile(r"^\." + re.escape(name) + r"\.[0-9a-f]{10}\.tmp(\..*)?$")
-    n = 0
-    if not os.path.isdir(folder):
-        return 0
-    for entry in os.scandir(folder):
-        if pattern.match(entry.name) and entry.is_file() and \
-                time.time() - entry.stat().st_mtime >= min_age_s:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(entry.path)
-                n += 1
-    return n
-
-
 __all__ = ["InferenceInputError", "ImageReadError", "ImageGeometry", "read_images", "check_gzip_integrity",
-           "geometry_from_properties", "reader_uses_itk_index_order", "temporary_sibling", "atomic_path",
-           "save_json_atomic", "write_label_map", "export_prediction_atomic", "remove_stale_temporaries"]
+           "geometry_from_properties", "reader_uses_itk_index_order", "write_label_map", "export_prediction_atomic"]

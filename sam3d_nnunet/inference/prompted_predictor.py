@@ -32,7 +32,9 @@ keeps the higher one).
 
 Automatic (prompt-free) models (``nnUNetTrainerSAM3D_auto``) are predicted with nnU-Net's own sliding window
 (``nnUNetPredictor.predict_sliding_window_return_logits``, Gaussian blending, step 0.5, mirroring off by
-default), the network's ``forward(image)`` giving multi-class logits.
+default), the network's ``forward(image)`` giving multi-class logits. ``PromptedPredictor.sliding_window_logits``
+is the one implementation of that step (also the automatic mode of a prompted model in ``InteractiveSession``
+and ``predict``), with the same precision policy as the prompted path.
 
 Clicks given in raw-image voxel indices (the array order of the image reader, e.g. SimpleITK's (z, y, x)) map
 into the preprocessed array by ``raw_to_preprocessed_coords``: transpose (``plans.transpose_forward``), subtract
@@ -51,7 +53,7 @@ import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -193,20 +195,27 @@ class PromptedPredictor:
         if isinstance(data, np.ndarray):
             data = torch.from_numpy(np.ascontiguousarray(data))
         data = data.float()
+        acc, n = None, 0
         with precision_autocast(self.device, self.precision):
-            if self.list_of_parameters is None or len(self.list_of_parameters) <= 1:
-                return self._predict_one(data, prompts)
-            acc = None
-            for params in self.list_of_parameters:
-                self.network.load_state_dict(params)
+            for _ in self.parameter_sets():
                 out = self._predict_one(data, prompts)
-                acc = out if acc is None else acc + out
-            return acc / len(self.list_of_parameters)
+                acc, n = (out if acc is None else acc + out), n + 1
+        return acc if n == 1 else acc / n
+
+    def parameter_sets(self) -> Iterator[None]:
+        """Load each parameter set (fold of an ensemble) into the network in turn, yielding after each; a single
+        set: yields once with the network as it is."""
+        if self.list_of_parameters is None or len(self.list_of_parameters) <= 1:
+            yield
+            return
+        for params in self.list_of_parameters:
+            self.network.load_state_dict(params)
+            yield
 
     def _predict_one(self, data: torch.Tensor, prompts: Optional[Dict[int, ClassPrompt]]) -> torch.Tensor:
         self.network.eval()
         if not self.prompted:
-            return self._predict_automatic(data)
+            return self.sliding_window_logits(data)
         from acvl_utils.cropping_and_padding.padding import pad_nd_image
         padded, slicer = pad_nd_image(data, self.patch_size, 'constant', {'value': 0}, True, None)
         offset = np.array([s.start or 0 for s in slicer[1:]], dtype=np.float64)
@@ -249,15 +258,27 @@ class PromptedPredictor:
         return out, properties
 
     # ------------------------------------------------------------------ automatic mode
-    def _predict_automatic(self, data: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def sliding_window_logits(self, data: torch.Tensor) -> torch.Tensor:
+        """THE automatic-mode prediction: the network's ``forward(image)`` over the whole preprocessed volume
+        [C, *shape] with nnU-Net's sliding window (``predict_sliding_window_return_logits``: Gaussian blending,
+        this predictor's step size and mirroring, results on the device on CUDA), under this predictor's
+        precision policy (``sam3d_nnunet.model.precision``), with the parameter set currently loaded. Returns
+        [num_outputs, *shape] on the CPU, float32: a prompt-free model's class logits, a prompted model's
+        per-class logit margins over background (``InteractiveSession.auto``, ``predict --auto``)."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        predictor = nnUNetPredictor(tile_step_size=self.tile_step_size, use_gaussian=self.use_gaussian,
-                                    use_mirroring=self.use_mirroring, perform_everything_on_device=True,
-                                    device=self.device, verbose=False, verbose_preprocessing=False,
-                                    allow_tqdm=False)
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.trainer_name, self.allowed_mirroring_axes)
-        return predictor.predict_sliding_window_return_logits(data).float().cpu()
+
+        from sam3d_nnunet.inference.io import _quiet
+        with _quiet():  # nnU-Net prints notes about its settings
+            sliding = nnUNetPredictor(tile_step_size=self.tile_step_size, use_gaussian=self.use_gaussian,
+                                      use_mirroring=self.use_mirroring,
+                                      perform_everything_on_device=self.device.type == "cuda", device=self.device,
+                                      verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+            sliding.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                          self.dataset_json, self.trainer_name, self.allowed_mirroring_axes)
+        self.network.eval()
+        with precision_autocast(self.device, self.precision):
+            return sliding.predict_sliding_window_return_logits(data.float()).float().cpu()
 
     # ------------------------------------------------------------------ prompted mode
     def _encode(self, window: torch.Tensor, key: tuple, cache: "OrderedDict[tuple, object]"):

@@ -49,11 +49,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sam3d_nnunet.atomic import atomic_path
 from sam3d_nnunet.inference.io import (
     ImageGeometry,
     InferenceInputError,
     _quiet,
-    atomic_path,
     geometry_from_properties,
     read_images,
     reader_uses_itk_index_order,
@@ -231,34 +231,20 @@ def predict_unprompted(predictor: PromptedPredictor, data: torch.Tensor,
     """Automatic (no-click) probabilities {class: [*shape]} of a PROMPTED model over the whole preprocessed
     volume: nnU-Net's sliding window (``predict_sliding_window_return_logits``; Gaussian blending, the
     predictor's step size and mirroring) on the network's ``forward(image)``, whose channel k is class k's
-    logit margin over its background, so p_k = sigmoid(margin_k). Several parameter sets (folds): averaged."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
+    logit margin over its background, so p_k = sigmoid(margin_k) (``PromptedPredictor.sliding_window_logits``,
+    the predictor's precision policy). Several parameter sets (folds): averaged."""
     classes = [int(c) for c in classes]
     if not classes:
         return {}
-    device = predictor.device
-    with _quiet():  # nnU-Net prints a note about perform_everything_on_device on CPU
-        sliding = nnUNetPredictor(tile_step_size=predictor.tile_step_size, use_gaussian=predictor.use_gaussian,
-                                  use_mirroring=predictor.use_mirroring,
-                                  perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                  verbose_preprocessing=False, allow_tqdm=False)
-        sliding.manual_initialization(predictor.network, predictor.plans_manager, predictor.configuration_manager,
-                                      None, predictor.dataset_json, predictor.trainer_name,
-                                      predictor.allowed_mirroring_axes)
-    parameter_sets = predictor.list_of_parameters if predictor.list_of_parameters and \
-        len(predictor.list_of_parameters) > 1 else [None]
     acc: Dict[int, torch.Tensor] = {}
-    predictor.network.eval()
-    for params in parameter_sets:
-        if params is not None:
-            predictor.network.load_state_dict(params)
-        with torch.no_grad():
-            margins = sliding.predict_sliding_window_return_logits(data).float().cpu()
+    n = 0
+    for _ in predictor.parameter_sets():
+        margins = predictor.sliding_window_logits(data)
+        n += 1
         for c in classes:
             p = torch.sigmoid(margins[c])
             acc[c] = p if c not in acc else acc[c] + p
-    return {c: v / len(parameter_sets) for c, v in acc.items()}
+    return {c: v / n for c, v in acc.items()}
 
 
 def predict_case(predictor: PromptedPredictor, data: Union[np.ndarray, torch.Tensor],

@@ -37,12 +37,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from sam3d_nnunet.atomic import save_json_atomic
 
 __all__ = [
     "COORDINATE_SYSTEMS",
@@ -209,28 +210,13 @@ def _to_json(click_file: ClickFile) -> dict[str, Any]:
 
 
 def write_click_file(path: str | os.PathLike, click_file: ClickFile) -> None:
-    """Write ``click_file`` as JSON, atomically: a temporary file in the same folder is renamed over
-    ``path`` with os.replace, so a reader never sees half a file. The content is validated with the
+    """Write ``click_file`` as JSON, atomically (``sam3d_nnunet.atomic``: a temporary file in the same folder,
+    flushed to disk, is renamed over ``path`` with os.replace), so a reader never sees half a file. The content is validated with the
     same rules as ``read_click_file`` first (clicks may be Click objects or (point, positive) pairs)."""
     path = Path(path)
     data = _to_json(click_file)
     _parse(data, f"click file '{os.fspath(path)}' (being written)")
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    save_json_atomic(data, path, indent=2, durable=True)
 
 
 def _image_size_xyz(image: Any) -> np.ndarray:
