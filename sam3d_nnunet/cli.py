@@ -10,25 +10,31 @@ import argparse
 import importlib
 import sys
 
-# sub-command name -> (module providing `add_parser(subparsers)`, the one-line help `sam3d-nnunet --help` lists;
-# the same text as the module's own `help=`, checked by tests/test_cli.py)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "model-summary": ("sam3d_nnunet.commands.model_summary",
-                      "parameter counts of a SAM3D configuration (no weights needed)"),
-    "evaluate": ("sam3d_nnunet.commands.evaluate",
-                 "Dice (nnU-Net's) and normalised surface Dice of a folder of predictions"),
-    "plan_and_preprocess": ("sam3d_nnunet.commands.plan_and_preprocess",
-                            "nnUNetv2_plan_and_preprocess with the SAM3D planner (-pl SAM3DPlanner, the default "
-                            "here)"),
-    "ext-trainer-dir": ("sam3d_nnunet.commands.ext_trainer_dir", "print the folder for nnUNet_extTrainer"),
-    "convert": ("sam3d_nnunet.commands.convert",
-                "convert KiTS21 / LiTS / MSD datasets and split.pkl files to nnU-Net's formats"),
-    "benchmark": ("sam3d_nnunet.commands.benchmark", "SAM3D (click protocols) vs nnU-Net on identical CV folds"),
-    "demo": ("sam3d_nnunet.commands.demo", "the whole pipeline on synthetic CT phantoms (minutes on a CPU)"),
-    "predict": ("sam3d_nnunet.commands.predict",
-                "prompted whole-volume prediction of a folder of images (nnU-Net's conventions)"),
-    "import-reference": ("sam3d_nnunet.commands.import_reference",
-                         "import an authors' 3DSAM-adapter checkpoint as an nnU-Net model folder"),
+# sub-command name -> module providing `add_parser(subparsers)`
+SUBCOMMANDS: dict[str, str] = {
+    "model-summary": "sam3d_nnunet.commands.model_summary",
+    "evaluate": "sam3d_nnunet.commands.evaluate",
+    "plan_and_preprocess": "sam3d_nnunet.commands.plan_and_preprocess",
+    "ext-trainer-dir": "sam3d_nnunet.commands.ext_trainer_dir",
+    "convert": "sam3d_nnunet.commands.convert",
+    "benchmark": "sam3d_nnunet.commands.benchmark",
+    "demo": "sam3d_nnunet.commands.demo",
+    "predict": "sam3d_nnunet.commands.predict",
+    "import-reference": "sam3d_nnunet.commands.import_reference",
+}
+
+# sub-command name -> the one-line help `sam3d-nnunet --help` lists without importing the command's module (the
+# same text as the module's own `help=`, checked by tests/test_cli.py)
+SUMMARIES: dict[str, str] = {
+    "model-summary": "parameter counts of a SAM3D configuration (no weights needed)",
+    "evaluate": "Dice (nnU-Net's) and normalised surface Dice of a folder of predictions",
+    "plan_and_preprocess": "nnUNetv2_plan_and_preprocess with the SAM3D planner (-pl SAM3DPlanner, the default here)",
+    "ext-trainer-dir": "print the folder for nnUNet_extTrainer",
+    "convert": "convert KiTS21 / LiTS / MSD datasets and split.pkl files to nnU-Net's formats",
+    "benchmark": "SAM3D (click protocols) vs nnU-Net on identical CV folds",
+    "demo": "the whole pipeline on synthetic CT phantoms (minutes on a CPU)",
+    "predict": "prompted whole-volume prediction of a folder of images (nnU-Net's conventions)",
+    "import-reference": "import an authors' 3DSAM-adapter checkpoint as an nnU-Net model folder",
 }
 
 
@@ -42,11 +48,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-    for name, (module_name, summary) in SUBCOMMANDS.items():
+    for name, module_name in SUBCOMMANDS.items():
         if name == wanted:
             importlib.import_module(module_name).add_parser(subparsers)
         else:  # listed without importing its (possibly heavy) module
-            subparsers.add_parser(name, help=summary, description=f"see `sam3d-nnunet {name} -h`")
+            subparsers.add_parser(name, help=SUMMARIES.get(name), description=f"see `sam3d-nnunet {name} -h`")
     return parser
 
 

@@ -37,12 +37,13 @@ def test_help_lists_every_command_without_importing_torch():
 
 def test_listed_help_is_each_commands_own():
     """The one-line help ``--help`` lists without importing a command is the text the command registers."""
-    from sam3d_nnunet.cli import SUBCOMMANDS
-    for name, (module_name, summary) in SUBCOMMANDS.items():
+    from sam3d_nnunet.cli import SUBCOMMANDS, SUMMARIES
+    assert set(SUMMARIES) == set(SUBCOMMANDS)
+    for name, module_name in SUBCOMMANDS.items():
         subparsers = argparse.ArgumentParser().add_subparsers()
         importlib.import_module(module_name).add_parser(subparsers)
         (action,) = subparsers._choices_actions
-        assert (action.dest, action.help) == (name, summary)
+        assert (action.dest, action.help) == (name, SUMMARIES[name])
 
 
 def test_a_command_still_gets_its_full_parser():

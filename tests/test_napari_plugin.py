@@ -49,7 +49,7 @@ mods = ["sam3d_nnunet", "sam3d_nnunet.cli", "sam3d_nnunet.inference", "sam3d_nnu
         "sam3d_nnunet.napari_plugin", "sam3d_nnunet.napari_plugin.io", "sam3d_nnunet.napari_plugin.session_adapter",
         "sam3d_nnunet.napari_plugin.demo"]
 from sam3d_nnunet.cli import SUBCOMMANDS, build_parser
-mods += [module for module, _ in SUBCOMMANDS.values()]
+mods += list(SUBCOMMANDS.values())
 skipped = {{}}
 for m in mods:
     try:
