@@ -159,6 +159,8 @@ def build_random_sam(variant: str, seed: int = 0) -> nn.Module:
 def write_random_sam_checkpoint(variant: str, path: str | Path, seed: int = 0) -> Path:
     """Write a SAM-format checkpoint (``torch.save`` of the state dict) with random weights, for tests and
     demos where the real files cannot be downloaded."""
+    from sam3d_nnunet.atomic import torch_save_atomic
+
     path = Path(path)
-    torch.save(build_random_sam(variant, seed).state_dict(), path)
+    torch_save_atomic(build_random_sam(variant, seed).state_dict(), path)
     return path
