@@ -240,7 +240,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_find_best_configuration_compares_automatic_predictions(trained, tmp_path):
+def test_find_best_configuration_compares_automatic_predictions(trained, tmp_path, monkeypatch, capsys):
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     sam_fold, base_fold = trained.fold(SAM, "SAM3DPlans"), trained.fold(BASE, "nnUNetPlans")
@@ -292,10 +292,15 @@ def test_find_best_configuration_compares_automatic_predictions(trained, tmp_pat
     merged = trained.results / sam_key / "crossval_results_folds_0"
     assert _per_case_dice(_summary(merged)) == _per_case_dice(auto)
 
-    # crossval-summary: both folder kinds in one table, the same Dice as nnU-Net's summaries
+    # crossval-summary: both folder kinds in one table, the same Dice as nnU-Net's summaries (in this process)
+    from sam3d_nnunet.cli import main
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, trained.env[var])
     cv = tmp_path / "cv.json"
-    p = _run([_exe("sam3d-nnunet"), "crossval-summary", "-d", DATASET_ID, "-tr", SAM, "-p", "SAM3DPlans", "-c",
-              "3d_fullres", "-f", "0", "1", "-o", cv], trained.env)
+    capsys.readouterr()
+    assert main(["crossval-summary", "-d", str(DATASET_ID), "-tr", SAM, "-p", "SAM3DPlans", "-c", "3d_fullres",
+                 "-f", "0", "1", "-o", str(cv), "-np", "1"]) == 0
+    stdout = capsys.readouterr().out
     table = json.loads(cv.read_text())
     assert list(table["sources"]) == ["validation", PROMPTED] and table["folds"] == [0]
     for name, reference in (("validation", auto), (PROMPTED, prompted)):
@@ -304,8 +309,8 @@ def test_find_best_configuration_compares_automatic_predictions(trained, tmp_pat
         for c in ("1", "2"):
             assert s["mean"][c]["Dice"] == pytest.approx(reference["mean"][c]["Dice"], nan_ok=True)
             assert 0.0 <= s["mean"][c]["NSD@5mm"] <= 1.0
-    assert "| `fold_X/validation` | automatic (what nnUNetv2_predict gives) | 0 | 2 |" in p.stdout
-    assert f"| `fold_X/{PROMPTED}` | 1 random click per class, seed 0 | 0 | 2 |" in p.stdout
+    assert "| `fold_X/validation` | automatic (what nnUNetv2_predict gives) | 0 | 2 |" in stdout
+    assert f"| `fold_X/{PROMPTED}` | 1 random click per class, seed 0 | 0 | 2 |" in stdout
 
 
 @pytest.mark.slow
