@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ext-trainer-dir": "sam3d_nnunet.commands.ext_trainer_dir",
     "convert": "sam3d_nnunet.commands.convert",
     "benchmark": "sam3d_nnunet.commands.benchmark",
+    "crossval-summary": "sam3d_nnunet.commands.crossval_summary",
     "demo": "sam3d_nnunet.commands.demo",
     "predict": "sam3d_nnunet.commands.predict",
     "import-reference": "sam3d_nnunet.commands.import_reference",

@@ -96,6 +96,8 @@ def test_demo_runs_end_to_end(demo_fast_run):
     for trainer, plans in (("nnUNetTrainerSAM3D_budget", "SAM3DPlans"), ("nnUNetTrainer_budget", "nnUNetPlans")):
         fold = res / f"{trainer}__{plans}__3d_fullres" / "fold_0"
         assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
+        assert not (fold / "validation" / "prompts.json").exists(), "validation/ holds automatic predictions"
+        assert (fold / "validation_clicks1_seed0" / "summary.json").is_file() == (plans == "SAM3DPlans")
     plans = json.loads((root / "nnUNet_preprocessed" / "Dataset990_SAM3DDemo" / "SAM3DPlans.json").read_text())
     assert plans["sam3d"]["sam_variant"] == "tiny"
     assert plans["sam3d"]["sam_checkpoint"] == str(root / "sam_tiny_random_weights.pth")

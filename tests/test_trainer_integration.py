@@ -2,7 +2,7 @@
 
 Fast tests: trainer discovery through ``nnUNet_extTrainer``, the variants, the predictor's window logic with a
 stand-in network, click mapping into preprocessed space. Slow tests (marked ``slow``; they run nnU-Net's
-commands as subprocesses on temporary folders): plan + preprocess + ``nnUNetv2_train`` + prompted
+commands as subprocesses on temporary folders): plan + preprocess + ``nnUNetv2_train`` + automatic and prompted
 cross-validation + ``nnUNetv2_find_best_configuration`` on synthetic phantoms and (if the shared data exist) 20
 hippocampus cases, frozen tensors equal to the SAM source, kill and resume with ``--c``.
 """
@@ -274,7 +274,12 @@ def _check_cv_result(pipe: Pipeline, trainer: str, labels=("1", "2")):
     assert splits == expected
     predicted = sorted(p.name[:-len(".nii.gz")] for p in (fold / "validation").glob("*.nii.gz"))
     assert predicted == sorted(expected[0]["val"])
-    prompts = json.loads((fold / "validation" / "prompts.json").read_text())
+    # validation/ holds the automatic predictions (nnU-Net's own validation); the prompted ones are next to it
+    assert not list((fold / "validation").glob("prompts*.json"))
+    prompted = fold / "validation_clicks1_seed0"
+    assert sorted(p.name[:-len(".nii.gz")] for p in prompted.glob("*.nii.gz")) == predicted
+    assert set(labels) <= set(json.loads((prompted / "summary.json").read_text())["mean"])
+    prompts = json.loads((prompted / "prompts.json").read_text())
     assert sorted(prompts["cases"]) == predicted
     # native geometry: same size and spacing as the ground truth
     import SimpleITK as sitk
@@ -342,7 +347,7 @@ def test_phantoms_train_validate_select(phantom_pipeline):
     from sam3d_nnunet.inference import ClassPrompt, PromptedPredictor
     pred = PromptedPredictor.from_trained_model_folder(str(pipe.results(trainer)), (0,))
     assert pred.trainer_name == trainer and pred.prompted and pred.network.finetune == "adapter"
-    prompts = json.loads((fold / "validation" / "prompts.json").read_text())
+    prompts = json.loads((fold / "validation_clicks1_seed0" / "prompts.json").read_text())
     case = sorted(prompts["cases"])[0]
     raw_prompts = {int(c): ClassPrompt(v["clicks_raw_voxel"], v["labels"])
                    for c, v in prompts["cases"][case]["classes"].items()}
@@ -351,13 +356,13 @@ def test_phantoms_train_validate_select(phantom_pipeline):
     pred.predict_raw_case([str(pipe.root / "raw" / pipe.name / "imagesTr" / f"{case}_0000.nii.gz")], raw_prompts,
                           str(out))
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(out) + ".nii.gz"))
-    b = sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "validation" / f"{case}.nii.gz")))
-    assert np.array_equal(a, b), "predict path and validation path disagree"
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "validation_clicks1_seed0" / f"{case}.nii.gz")))
+    assert np.array_equal(a, b), "predict path and prompted validation path disagree"
 
     # slim checkpoints: the trainer writes one without the frozen SAM tensors and reads it back exactly; the
     # predictor restores it from the SAM checkpoint and predicts the same file
     slim_folder = pipe.root / "slim_model"
-    shutil.copytree(pipe.results(trainer), slim_folder, ignore=shutil.ignore_patterns("validation", "*.png"))
+    shutil.copytree(pipe.results(trainer), slim_folder, ignore=shutil.ignore_patterns("validation*", "*.png"))
     out = _run([sys.executable, "-c", SLIM_ROUNDTRIP, str(pipe.results(trainer)),
                 str(slim_folder / "fold_0" / "checkpoint_final.pth")], pipe.env).stdout
     assert "slim checkpoint OK" in out

@@ -26,13 +26,23 @@ oversampling, splits, logging, checkpoint schedule, is inherited unchanged):
 * online validation (pseudo-Dice): every foreground class present in a sample gets one random positive click
   (seeded), the per-class masks are merged (highest probability > 0.5 wins) and nnU-Net's TP/FP/FN are
   counted on the merged map.
-* final validation (``perform_actual_validation``): every validation case of the fold (nnU-Net's
-  ``splits_final.json``) is predicted over the whole volume by ``sam3d_nnunet.inference.PromptedPredictor``
-  with ``val_clicks_per_class`` (1) uniformly random voxel(s) per class present in the native ground truth,
-  seeded by ``case_class_seed(case_id, class_id, val_click_seed)``, mapped into preprocessed space; exported
-  with nnU-Net's ``export_prediction_from_logits`` to ``fold_X/validation`` and scored with
-  ``compute_metrics_on_folder`` (``summary.json``). The clicks used (raw voxel indices, reader array order)
-  are written to ``fold_X/validation/prompts.json``.
+* final validation (``perform_actual_validation``, also ``nnUNetv2_train ... --val``), two folders
+  (``sam3d_nnunet.evaluation.validation_folders``):
+
+  - ``fold_X/validation``: nnU-Net's own ``perform_actual_validation``, unchanged: the AUTOMATIC mode
+    (``forward(image)`` without clicks, multi-class logits) through ``nnUNetPredictor``'s sliding window with
+    test-time mirroring along ``inference_allowed_mirroring_axes``, i.e. exactly what ``nnUNetv2_predict -tr
+    <this trainer>`` gives for those cases; ``summary.json`` (and ``.npz`` with ``--npz``). This is what
+    ``nnUNetv2_find_best_configuration``, postprocessing and ``nnUNetv2_ensemble`` compare with nnU-Net's models.
+  - ``fold_X/validation_clicks{N}_seed{S}`` (promptable variants only; N = ``val_clicks_per_class`` (1),
+    S = ``val_click_seed`` (0)): every validation case of the fold is predicted over the whole volume by
+    ``sam3d_nnunet.inference.PromptedPredictor`` with N uniformly random voxel(s) per class present in the
+    native ground truth, seeded by ``case_class_seed(case_id, class_id, S)``, mapped into preprocessed space;
+    exported with nnU-Net's ``export_prediction_from_logits`` and scored with ``compute_metrics_on_folder``
+    (``summary.json``). The clicks used (raw voxel indices, reader array order) are in ``prompts.json``.
+
+  A ``validation/`` of an older version (prompted predictions, recognised by its ``prompts.json``) is first
+  moved to the prompted folder its protocol names (``migrate_old_layout``).
 * checkpoints are written atomically (temporary file in the same folder, then ``os.replace``); slim (without
   the frozen SAM tensors, restored from the SAM checkpoint on load) with ``slim_checkpoints = True`` or
   ``SAM3D_SLIM_CHECKPOINTS=1`` (``sam3d_nnunet.model.slim_checkpoint``).
@@ -44,7 +54,7 @@ Variants (attributes only):
 ``nnUNetTrainerSAM3D_full``     full fine-tuning
 ``nnUNetTrainerSAM3D_LoRA``     LoRA (rank from the plans, 8 by default) instead of adapters
 ``nnUNetTrainerSAM3D_auto``     prompt-free: trains and validates without clicks (nnU-Net's multi-class
-                                Dice + CE on ``forward(image)``; validation with nnU-Net's sliding window)
+                                Dice + CE on ``forward(image)``; only ``validation/``, no prompted folder)
 ``nnUNetTrainerSAM3D_1epoch``   1 epoch x 5 iterations, 2 validation iterations (CI smoke runs)
 ``nnUNetTrainerSAM3D_5epochs``  5 epochs x 5 iterations, 2 validation iterations, a checkpoint every epoch
 ==============================  =====================================================================
@@ -54,6 +64,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import tempfile
 import warnings
 from time import sleep
@@ -80,6 +91,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from sam3d_nnunet.atomic import atomic_path, remove_stale_temporaries
 from sam3d_nnunet.inference.prompted_predictor import (ClassPrompt, PromptedPredictor, protocol_prompts_from_label,
                                                        raw_to_preprocessed_coords)
+from sam3d_nnunet.evaluation.validation_folders import migrate_old_layout, prompted_folder_name
 from sam3d_nnunet.model.precision import autocast as precision_autocast
 from sam3d_nnunet.model.precision import resolve_precision
 from sam3d_nnunet.prompts.simulation import add_correction_clicks, protocol_clicks, simulate_training_prompts
@@ -131,7 +143,6 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     val_clicks_per_class: int = 1
     val_click_seed: int = 0
     max_windows_per_class: int = 8
-    val_use_mirroring: bool = False  # automatic variant only
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -390,14 +401,17 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
             return
         super().load_checkpoint(filename_or_checkpoint)
 
-    # ------------------------------------------------------------------ final (prompted) validation
+    # ------------------------------------------------------------------ final validation
     def make_predictor(self) -> PromptedPredictor:
         return PromptedPredictor(self._net(), self.plans_manager, self.configuration_manager, self.dataset_json,
-                                 self.device, prompted=self.use_prompts,
-                                 max_windows_per_class=self.max_windows_per_class,
-                                 use_mirroring=self.val_use_mirroring,
+                                 self.device, prompted=True, max_windows_per_class=self.max_windows_per_class,
                                  allowed_mirroring_axes=self.inference_allowed_mirroring_axes,
                                  trainer_name=self.__class__.__name__, precision=self.precision)
+
+    @property
+    def prompted_validation_folder(self) -> str:
+        """``fold_X/validation_clicks{N}_seed{S}`` (N = ``val_clicks_per_class``, S = ``val_click_seed``)."""
+        return join(self.output_folder, prompted_folder_name(self.val_clicks_per_class, self.val_click_seed))
 
     def validation_prompts(self, case_id: str, properties: dict, preprocessed_shape) -> tuple:
         """(prompts in preprocessed coordinates, the same clicks in raw voxel indices as JSON-able dict)."""
@@ -416,10 +430,34 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
         return prompts, record
 
     def perform_actual_validation(self, save_probabilities: bool = False):
+        """``fold_X/validation``: nnU-Net's own validation (automatic mode, what ``nnUNetv2_predict`` gives);
+        then, for a promptable model, the prompted one in ``fold_X/validation_clicks{N}_seed{S}``. An old-layout
+        ``validation/`` (prompted predictions with prompts.json) is moved out of the way first."""
+        if self.local_rank == 0:
+            migrate_old_layout(self.output_folder, lambda text: self.print_to_log_file(text,
+                                                                                      also_print_to_console=True))
+        if self.is_ddp:
+            dist.barrier()
+        super().perform_actual_validation(save_probabilities)
+        if self.use_prompts:
+            self.perform_prompted_validation(save_probabilities)
+
+    def perform_prompted_validation(self, save_probabilities: bool = False) -> None:
+        """Every validation case of the fold predicted over the whole volume by ``PromptedPredictor`` with the
+        seeded clicks of ``validation_prompts``, exported to ``validation_clicks{N}_seed{S}`` with ``prompts.json``
+        and ``summary.json`` (the predictions are written to a hidden folder that replaces the old one when
+        complete; ``summary.json`` is written last). ``save_probabilities`` (``--npz``): the predictor's merged
+        class probabilities as ``.npz`` too (see ``PromptedPredictor``: not calibrated softmax)."""
         self.network.eval()
         predictor = self.make_predictor()
-        validation_output_folder = join(self.output_folder, 'validation')
-        maybe_mkdir_p(validation_output_folder)
+        final_folder = self.prompted_validation_folder
+        name = os.path.basename(final_folder)
+        output_folder = join(self.output_folder, f".{name}.partial")
+        if self.local_rank == 0 and os.path.isdir(output_folder):
+            shutil.rmtree(output_folder)
+        if self.is_ddp:
+            dist.barrier()
+        maybe_mkdir_p(output_folder)
         _, val_keys = self.do_split()
         if self.is_ddp:
             val_keys = val_keys[self.local_rank:: dist.get_world_size()]
@@ -427,7 +465,8 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                                          folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         protocol = {'protocol': f'{self.val_clicks_per_class} uniformly random voxel(s) of each class present '
                                 f'in the native ground truth, seed case_class_seed(case, class, '
-                                f'{self.val_click_seed})' if self.use_prompts else 'automatic (no clicks)',
+                                f'{self.val_click_seed})',
+                    'clicks_per_class': int(self.val_clicks_per_class), 'seed': int(self.val_click_seed),
                     'coordinates': 'raw image voxel indices, reader array order', 'cases': {}}
         with multiprocessing.get_context("spawn").Pool(default_num_processes) as export_pool:
             worker_list = [i for i in export_pool._pool]
@@ -435,32 +474,38 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
             for k in dataset_val.identifiers:
                 while check_workers_alive_and_busy(export_pool, worker_list, results, allowed_num_queued=2):
                     sleep(0.1)
-                self.print_to_log_file(f"predicting {k}")
+                self.print_to_log_file(f"predicting {k} ({name})")
                 data, _, _, properties = dataset_val.load_case(k)
                 data = np.asarray(data[:])
-                if self.use_prompts:
-                    prompts, record = self.validation_prompts(k, properties, data.shape[1:])
-                    protocol['cases'][k] = record
-                else:
-                    prompts = None
+                prompts, record = self.validation_prompts(k, properties, data.shape[1:])
+                protocol['cases'][k] = record
                 prediction = predictor.predict_preprocessed(data, prompts)
-                if predictor.last_report is not None and self.use_prompts:
-                    protocol['cases'][k]['windows_per_class'] = {str(c): len(w) for c, w in
-                                                       predictor.last_report.windows.items()}
+                if predictor.last_report is not None:
+                    record['windows_per_class'] = {str(c): len(w) for c, w in predictor.last_report.windows.items()}
                 results.append(export_pool.starmap_async(
                     export_prediction_from_logits,
                     ((prediction, properties, self.configuration_manager, self.plans_manager, self.dataset_json,
-                      join(validation_output_folder, k), save_probabilities),)))
+                      join(output_folder, k), save_probabilities),)))
             _ = [r.get() for r in results]
-        with open(join(validation_output_folder, 'prompts.json' if not self.is_ddp else
-                       f'prompts_rank{self.local_rank}.json'), 'w') as f:
+        with open(join(output_folder, f'prompts_rank{self.local_rank}.json' if self.is_ddp else 'prompts.json'),
+                  'w') as f:
             json.dump(protocol, f, indent=1)
         if self.is_ddp:
             dist.barrier()
         if self.local_rank == 0:
+            if self.is_ddp:  # one prompts.json for the fold
+                for r in range(1, dist.get_world_size()):
+                    with open(join(output_folder, f'prompts_rank{r}.json')) as f:
+                        protocol['cases'].update(json.load(f)['cases'])
+                    os.remove(join(output_folder, f'prompts_rank{r}.json'))
+                os.remove(join(output_folder, 'prompts_rank0.json'))
+                with open(join(output_folder, 'prompts.json'), 'w') as f:
+                    json.dump(protocol, f, indent=1)
+            if os.path.isdir(final_folder):
+                shutil.rmtree(final_folder)
+            os.rename(output_folder, final_folder)  # before scoring: summary.json names the final files
             metrics = compute_metrics_on_folder(join(self.preprocessed_dataset_folder_base, 'gt_segmentations'),
-                                                validation_output_folder,
-                                                join(validation_output_folder, 'summary.json'),
+                                                final_folder, join(final_folder, 'summary.json'),
                                                 self.plans_manager.image_reader_writer_class(),
                                                 self.dataset_json["file_ending"],
                                                 self.label_manager.foreground_labels,
@@ -468,11 +513,14 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                                                 num_processes=default_num_processes * dist.get_world_size() if
                                                 self.is_ddp else default_num_processes)
             for label in metrics["mean"]:
-                self.logger.log_summary(f"final_val/class_{label}_dice", metrics["mean"][label]["Dice"])
-            self.logger.log_summary("final_val/foreground_dice", metrics['foreground_mean']["Dice"])
-            self.print_to_log_file("Validation complete", also_print_to_console=True)
-            self.print_to_log_file("Mean Validation Dice: ", (metrics['foreground_mean']["Dice"]),
+                self.logger.log_summary(f"final_{name}/class_{label}_dice", metrics["mean"][label]["Dice"])
+            self.logger.log_summary(f"final_{name}/foreground_dice", metrics['foreground_mean']["Dice"])
+            self.print_to_log_file(f"Prompted validation complete ({self.val_clicks_per_class} click(s) per class, "
+                                   f"seed {self.val_click_seed}): {final_folder}", also_print_to_console=True)
+            self.print_to_log_file(f"Mean Validation Dice ({name}): ", (metrics['foreground_mean']["Dice"]),
                                    also_print_to_console=True)
+        if self.is_ddp:
+            dist.barrier()
         compute_gaussian.cache_clear()
 
 

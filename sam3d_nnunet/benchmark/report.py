@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from sam3d_nnunet.atomic import write_text_atomic
 from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name, iterative_protocol_name
@@ -71,6 +71,26 @@ def model_context(results: dict) -> List[str]:
     return lines
 
 
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> List[str]:
+    """The lines of a Markdown table (the report's format)."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def dice_nsd_columns(labels: Dict[str, str]) -> List[str]:
+    """Titles of the per-class "Dice / NSD" columns: ``name (id)`` per class, ``mean`` if there are several."""
+    return [f"{name} ({c})" for c, name in labels.items()] + (["mean"] if len(labels) > 1 else [])
+
+
+def dice_nsd_cells(summary: dict, classes: Sequence[str], nsd: str) -> List[str]:
+    """"Dice / NSD" in % per class of a summary (``mean``: class -> metrics, ``foreground_mean``), then their
+    mean if there are several classes; the columns of :func:`dice_nsd_columns`."""
+    cells = [f"{_pct(summary['mean'][c]['Dice'])} / {_pct(summary['mean'][c][nsd])}" for c in classes]
+    if len(classes) > 1:
+        fg = summary["foreground_mean"]
+        cells.append(f"{_pct(fg['Dice'])} / {_pct(fg[nsd])}")
+    return cells
+
+
 def table_rows(results: dict) -> List[dict]:
     """Rows of the main table: (method key, protocol, label of the clicks column)."""
     rows = []
@@ -133,21 +153,10 @@ def render_report(results: dict) -> str:
     w("")
     w(f"## Dice / NSD@{tol:g}mm (%), the paper's format")
     w("")
-    head = ["method", "clicks per class"] + [f"{labels[c]} ({c})" for c in classes]
-    if len(classes) > 1:
-        head.append("mean")
-    head += ["tuned params", "s / case"]
-    w("| " + " | ".join(head) + " |")
-    w("|" + "---|" * len(head))
-    for r in table_rows(results):
-        s = r["summary"]
-        cells = [r["display"], r["clicks"]]
-        for c in classes:
-            cells.append(f"{_pct(s['mean'][c]['Dice'])} / {_pct(s['mean'][c][nk])}")
-        if len(classes) > 1:
-            cells.append(f"{_pct(s['foreground_mean']['Dice'])} / {_pct(s['foreground_mean'][nk])}")
-        cells += [_params(r["params"]) if r["params"] is not None else "", _seconds(s.get("time_per_case_s"))]
-        w("| " + " | ".join(cells) + " |")
+    head = ["method", "clicks per class"] + dice_nsd_columns(labels) + ["tuned params", "s / case"]
+    lines += markdown_table(head, ([r["display"], r["clicks"]] + dice_nsd_cells(r["summary"], classes, nk) +
+                                   [_params(r["params"]) if r["params"] is not None else "",
+                                    _seconds(r["summary"].get("time_per_case_s"))] for r in table_rows(results)))
     w("")
     w("Tuned params: parameters trained (SAM3D: adapters, necks, prompt encoder, decoder; the frozen SAM weights "
       "are not counted; nnU-Net: all). s / case: wall time per case on this machine, preprocessing + prediction + "
@@ -161,12 +170,9 @@ def render_report(results: dict) -> str:
     w("## NSD at every tolerance (%)")
     w("")
     head = ["method", "clicks per class"] + [f"{labels[c]} NSD@{t:g}mm" for c in classes for t in tols]
-    w("| " + " | ".join(head) + " |")
-    w("|" + "---|" * len(head))
-    for r in table_rows(results):
-        s = r["summary"]
-        cells = [r["display"], r["clicks"]] + [_pct(s["mean"][c][nsd_key(t)]) for c in classes for t in tols]
-        w("| " + " | ".join(cells) + " |")
+    lines += markdown_table(head, ([r["display"], r["clicks"]] + [_pct(r["summary"]["mean"][c][nsd_key(t)])
+                                                                  for c in classes for t in tols]
+                                   for r in table_rows(results)))
     w("")
 
     # iterative
@@ -182,8 +188,7 @@ def render_report(results: dict) -> str:
         w("")
         head = ["method", "class"] + [f"step {i}" for i in range(1, n + 1)] + ["AUC", "final Dice", f"final {nk}",
                                                                                "nnU-Net Dice"]
-        w("| " + " | ".join(head) + " |")
-        w("|" + "---|" * len(head))
+        rows = []
         base = results["methods"][base_key]["summary"]["nnunet"]["mean"]
         for key in it_methods:
             it = results["methods"][key]["iterative"]
@@ -193,7 +198,8 @@ def render_report(results: dict) -> str:
                 cells += [_pct(v) for v in pc["mean_curve"]["Dice"]]
                 cells += [_pct(pc["auc"]["Dice"]), _pct(pc["final"]["Dice"]), _pct(pc["final"][nk]),
                           _pct(base[c]["Dice"])]
-                w("| " + " | ".join(cells) + " |")
+                rows.append(cells)
+        lines += markdown_table(head, rows)
         w("")
 
     # per case
@@ -211,15 +217,15 @@ def render_report(results: dict) -> str:
         if AUTO in m["summary"]:
             cols.append((key, AUTO, f"{short} automatic"))
     head = ["case", "fold"] + [f"{label}: {labels[c]}" for _, _, label in cols for c in classes]
-    w("| " + " | ".join(head) + " |")
-    w("|" + "---|" * len(head))
+    rows = []
     for case in sorted(results["cases"]):
         cells = [case, str(results["cases"][case]["fold"])]
         for key, proto, _ in cols:
             pc = results["methods"][key]["per_case"].get(case, {}).get("protocols", {}).get(proto)
             for c in classes:
                 cells.append(_pct(pc["metrics"][c]["Dice"]) if pc else "–")
-        w("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += markdown_table(head, rows)
     w("")
 
     plots = results.get("plots") or {}
@@ -244,4 +250,5 @@ def write_report(results: dict, path: str) -> None:
     write_text_atomic(path, render_report(results))
 
 
-__all__ = ["render_report", "write_report", "table_rows", "main_nsd_tolerance", "model_context"]
+__all__ = ["render_report", "write_report", "table_rows", "main_nsd_tolerance", "model_context", "markdown_table",
+           "dice_nsd_columns", "dice_nsd_cells"]

@@ -3,10 +3,13 @@
 Inputs are finished nnU-Net cross-validation runs of one dataset and configuration:
 
 * the baseline (``TRAINER:PLANS``, e.g. ``nnUNetTrainer:nnUNetPlans``): its ``fold_X/validation/*`` from
-  ``nnUNetv2_train`` (nnU-Net's own validation, test-time mirroring as trained), scored as they are;
+  ``nnUNetv2_train`` (nnU-Net's own validation, test-time mirroring as trained: the automatic predictions
+  ``nnUNetv2_predict`` gives), scored as they are. A SAM3D model folder of an older version, whose
+  ``validation/`` holds prompted predictions (``prompts.json`` there), is refused as a baseline;
 * one or more SAM3D models (``nnUNetTrainerSAM3D...:SAM3DPlans``): every validation case of every fold is
   predicted again over the whole volume by :class:`sam3d_nnunet.inference.PromptedPredictor` (that fold's
-  ``checkpoint_final.pth``) under each protocol of :mod:`sam3d_nnunet.benchmark.protocols`.
+  ``checkpoint_final.pth``) under each protocol of :mod:`sam3d_nnunet.benchmark.protocols` (nothing is read
+  from its ``validation/`` or ``validation_clicks*`` folders but the list of validated cases).
 
 Fairness: the folds are nnU-Net's ``splits_final.json`` of the preprocessed dataset, and every method's
 ``fold_X/validation`` must hold exactly that fold's validation cases; otherwise the benchmark refuses
@@ -212,7 +215,16 @@ def check_folds(methods: Sequence[MethodSpec], folds: Sequence[int], splits: lis
     """Every method has every fold finished and validated on exactly the cases of ``splits_final.json``.
 
     Returns ``{fold: sorted validation cases}``; raises :class:`BenchmarkError` naming the method and the
-    differing cases otherwise (the comparison would not be on identical folds)."""
+    differing cases otherwise (the comparison would not be on identical folds). The baseline's
+    ``fold_X/validation`` is scored as automatic predictions: an old-layout SAM3D folder (prompted predictions
+    with ``prompts.json`` in ``validation/``) is refused with a one-line error."""
+    from sam3d_nnunet.evaluation.validation_folders import is_old_layout, old_layout_message
+    for m in methods:
+        for f in folds:
+            fold_folder = os.path.join(results_folder, m.key, f"fold_{f}")
+            if m.kind == "baseline" and is_old_layout(fold_folder):
+                raise BenchmarkError(f"{m.display} cannot be the automatic baseline: "
+                                     f"{old_layout_message(fold_folder)}")
     out = {}
     problems = []
     for f in folds:

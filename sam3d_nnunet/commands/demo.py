@@ -11,7 +11,9 @@ Steps (each says what it does; a rerun in the same ``--workdir`` skips or resume
    --sam-variant tiny``);
 4. plans and preprocessing for nnU-Net's baseline with nnU-Net's default planner on the same fingerprint
    (``nnUNetv2_plan_and_preprocess -c 3d_fullres``);
-5. train SAM3D on fold 0 (``nnUNetv2_train ... -tr nnUNetTrainerSAM3D_budget -p SAM3DPlans``);
+5. train SAM3D on fold 0 (``nnUNetv2_train ... -tr nnUNetTrainerSAM3D_budget -p SAM3DPlans``); its final
+   validation writes the automatic predictions to ``fold_0/validation`` and the 1-click ones to
+   ``fold_0/validation_clicks1_seed0`` (a fold validated by an older version is validated again);
 6. train nnU-Net's baseline on the same fold 0 (``nnUNetv2_train ... -tr nnUNetTrainer_budget -p nnUNetPlans``);
    both trainers are short-budget variants (``sam3d_nnunet.benchmark.budget_trainers``), equal numbers of
    iterations at nnU-Net's batch sizes;
@@ -263,7 +265,7 @@ class _Demo:
         t0 = self.step(i, f"Training {what} ({trainer}, {epochs} epochs x {iterations} iterations) on fold 0, "
                           f"device {self.device} ...")
         fold = self.fold_folder(trainer, plans)
-        if (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file():
+        if (fold / "checkpoint_final.pth").is_file() and _validated(fold, prompted=trainer == SAM_TRAINER):
             self.done(t0, f"already trained and validated: {fold}")
             return
         if (fold / "checkpoint_latest.pth").is_file() or (fold / "checkpoint_final.pth").is_file():
@@ -310,6 +312,16 @@ class _Demo:
         return report
 
 
+def _validated(fold: Path, prompted: bool) -> bool:
+    """The fold's validation is complete in the current layout: automatic ``validation/summary.json`` (not an
+    older version's prompted ``validation/``) and, for SAM3D, a prompted ``validation_clicks*_seed*/summary.json``.
+    Otherwise ``nnUNetv2_train --c`` runs (with checkpoint_final.pth it only validates again)."""
+    from sam3d_nnunet.evaluation.validation_folders import is_old_layout, prompted_folders
+    if not (fold / "validation" / "summary.json").is_file() or is_old_layout(str(fold)):
+        return False
+    return not prompted or any((fold / name / "summary.json").is_file() for name, _, _ in prompted_folders(str(fold)))
+
+
 def _plan_filter(line: str) -> Optional[str]:
     if re.search(r"Fingerprint extraction|Experiment planning|Preprocessing dataset|Configuration: |"
                  r"WARNING: SAM3DPlanner|Error|Traceback", line):
@@ -342,8 +354,8 @@ class _TrainFilter:
             return None
         if text.startswith("Epoch time") and self.epoch is not None:
             return f"epoch {self.epoch + 1}/{self.epochs}: " + ", ".join(self.parts + [text.lower()])
-        if text.startswith("Mean Validation Dice") or text.startswith("predicting") or \
-                text.startswith("Validation complete") or "Traceback" in text or "Error" in text:
+        if text.startswith(("Mean Validation Dice", "predicting", "Validation complete", "Prompted validation complete",
+                            "old layout:")) or "Traceback" in text or "Error" in text:
             return text[:160]
         if text.startswith("WARNING: Cannot continue training"):
             return "no checkpoint to resume from: starting a new training"

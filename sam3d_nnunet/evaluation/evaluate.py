@@ -295,6 +295,45 @@ def _list_files(folder: str, file_ending: str, what: str) -> list[str]:
                   if f.endswith(file_ending) and not f.startswith(".") and os.path.isfile(os.path.join(folder, f)))
 
 
+def _evaluation_targets(dataset_json: str | dict, plans: str | dict | None) -> tuple:
+    """(dataset_json dict, label manager, labels or regions to score, label values allowed in the files)."""
+    dj, lm = load_label_manager(dataset_json, plans)
+    labels_or_regions = [tuple(int(i) for i in r) if isinstance(r, (tuple, list)) else int(r)
+                         for r in (lm.foreground_regions if lm.has_regions else lm.foreground_labels)]
+    if not labels_or_regions:
+        name = dataset_json if isinstance(dataset_json, str) else "dataset.json"
+        raise EvaluationError(f"{name}: no foreground label to evaluate")
+    allowed = [int(v) for v in lm.all_labels] + ([int(lm.ignore_label)] if lm.ignore_label is not None else [])
+    return dj, lm, labels_or_regions, allowed
+
+
+def evaluate_file_pairs(pairs: Sequence[tuple], dataset_json: str | dict, plans: str | dict | None = None,
+                        tolerances_mm: Iterable[float] = DEFAULT_TOLERANCES_MM, num_processes: int | None = None,
+                        progress: bool = True, geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
+                        nsd_both_empty: float = 1.0) -> tuple[list[dict], list[LabelOrRegion]]:
+    """:func:`compute_case_metrics` of every (reference file, prediction file) pair, in worker processes
+    (``num_processes``: default ``$nnUNet_def_n_proc``; <= 1 runs in this process). Returns (per-case results in
+    the order of ``pairs``, the labels or regions evaluated) for :func:`aggregate`."""
+    dj_name = dataset_json if isinstance(dataset_json, str) else "dataset.json"
+    _, lm, labels_or_regions, allowed = _evaluation_targets(dataset_json, plans)
+    tolerances = sorted({float(t) for t in tolerances_mm})
+    jobs = [(ref, pred, labels_or_regions, tolerances, lm.ignore_label, allowed, geometry_tolerance, nsd_both_empty,
+             dj_name) for ref, pred in pairs]
+    if num_processes is None:
+        from nnunetv2.configuration import default_num_processes
+        num_processes = default_num_processes
+    num_processes = max(1, min(int(num_processes), len(jobs)))
+
+    from tqdm import tqdm
+    bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
+    if num_processes == 1:
+        results = [_case_worker(job) for job in tqdm(jobs, **bar)]
+    else:
+        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+            results = list(tqdm(pool.imap(_case_worker, jobs), **bar))
+    return results, labels_or_regions
+
+
 def evaluate_folders(folder_ref: str, folder_pred: str, dataset_json: str | dict, plans: str | dict | None = None,
                      output_file: str | None = None, tolerances_mm: Iterable[float] = DEFAULT_TOLERANCES_MM,
                      num_processes: int | None = None, chill: bool = False, csv_file: str | None = None,
@@ -314,14 +353,8 @@ def evaluate_folders(folder_ref: str, folder_pred: str, dataset_json: str | dict
         raise EvaluationError(f"NSD tolerances must be finite numbers >= 0 mm, got {list(tolerances_mm)}")
     if output_file is not None and not output_file.endswith(".json"):
         raise EvaluationError(f"output file must end with .json: {output_file}")
-    dj_name = dataset_json if isinstance(dataset_json, str) else "dataset.json"
-    dj, lm = load_label_manager(dataset_json, plans)
+    dj = _evaluation_targets(dataset_json, plans)[0]
     file_ending = dj["file_ending"]
-    labels_or_regions = [tuple(int(i) for i in r) if isinstance(r, (tuple, list)) else int(r)
-                         for r in (lm.foreground_regions if lm.has_regions else lm.foreground_labels)]
-    if not labels_or_regions:
-        raise EvaluationError(f"{dj_name}: no foreground label to evaluate")
-    allowed = [int(v) for v in lm.all_labels] + ([int(lm.ignore_label)] if lm.ignore_label is not None else [])
 
     files_ref = _list_files(folder_ref, file_ending, "reference")
     files_pred = set(_list_files(folder_pred, file_ending, "prediction"))
@@ -343,21 +376,9 @@ def evaluate_folders(folder_ref: str, folder_pred: str, dataset_json: str | dict
     if not cases:
         raise EvaluationError(f"none of the {len(files_ref)} reference case(s) has a prediction in {folder_pred}")
 
-    jobs = [(os.path.join(folder_ref, f), os.path.join(folder_pred, f), labels_or_regions, tolerances,
-             lm.ignore_label, allowed, geometry_tolerance, nsd_both_empty, dj_name) for f in cases]
-    if num_processes is None:
-        from nnunetv2.configuration import default_num_processes
-        num_processes = default_num_processes
-    num_processes = max(1, min(int(num_processes), len(jobs)))
-
-    from tqdm import tqdm
-    bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
-    if num_processes == 1:
-        results = [_case_worker(job) for job in tqdm(jobs, **bar)]
-    else:
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-            results = list(tqdm(pool.imap(_case_worker, jobs), **bar))
-
+    results, labels_or_regions = evaluate_file_pairs(
+        [(os.path.join(folder_ref, f), os.path.join(folder_pred, f)) for f in cases], dataset_json, plans,
+        tolerances, num_processes, progress, geometry_tolerance, nsd_both_empty)
     result = aggregate(results, labels_or_regions)
     if output_file is not None:
         if csv_file is None:
