@@ -36,6 +36,8 @@ SUMMARIES: dict[str, str] = {
     "demo": "the whole pipeline on synthetic CT phantoms (minutes on a CPU)",
     "predict": "prompted whole-volume prediction of a folder of images (nnU-Net's conventions)",
     "import-reference": "import an authors' 3DSAM-adapter checkpoint as an nnU-Net model folder",
+    "crossval-summary": "automatic (validation/) and prompted (validation_clicks*) cross-validation of one model in "
+                        "one table, Dice and NSD",
 }
 
 
