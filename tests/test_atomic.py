@@ -92,13 +92,16 @@ def test_stale_temporaries_are_removed_only_when_old_enough(tmp_path):
     assert atomic.remove_stale_temporaries(tmp_path / "missing", "case") == 0
 
 
-# Renames that are not a write-to-temporary-then-rename of our own: files that nnU-Net's functions write under
+# Renames that are not a write-to-temporary-then-rename of a file of our own: folders, or files that nnU-Net's functions write under
 # fixed names into a staging folder (or, for an export, under one temporary stem with several endings).
 ALLOWED_RENAMES = {
     "sam3d_nnunet/atomic.py": 1,
     "sam3d_nnunet/conversion/common.py": 1,   # nnU-Net's generate_dataset_json writes <staging>/dataset.json
     "sam3d_nnunet/conversion/msd.py": 1,      # nnU-Net's split_4d_nifti writes <staging>/<case>_XXXX.nii.gz
     "sam3d_nnunet/inference/io.py": 1,        # nnU-Net's export: .npz, .pkl, then the segmentation
+    # whole folders: a complete prompted validation folder swapped in, an old-layout validation/ moved aside
+    "trainers/nnUNetTrainerSAM3D.py": 1,
+    "sam3d_nnunet/evaluation/validation_folders.py": 1,
 }
 
 

@@ -329,3 +329,26 @@ def test_benchmark_refuses_mismatched_folds(demo_workdir, tmp_path):
                        timeout=300)
     assert p.returncode == 1 and "fold_1" in p.stderr
     shutil.rmtree(fake)
+
+
+@pytest.mark.slow
+def test_a_given_model_folder_is_benchmarked_as_a_method(demo_workdir, tmp_path, monkeypatch):
+    """``--sam-model FOLDER[:FOLD]`` (e.g. the authors' model from import-reference, ``fold_all``): the folder is used
+    as it is for every fold's cases. Given the demo's own fold-0 model, it scores exactly what ``--sam`` scores."""
+    from sam3d_nnunet.benchmark.runner import BenchmarkError, run_benchmark
+    for k, v in _env(demo_workdir).items():
+        monkeypatch.setenv(k, v)
+    folder = demo_workdir / "nnUNet_results" / NAME / SAM
+    settings = dict(clicks=[1], iterative=0, auto=False)
+    trained = run_benchmark(_config(tmp_path / "trained", **settings))
+    given = run_benchmark(_config(tmp_path / "given", sam=[], sam_models=[f"{folder}:0"], **settings))
+    (key,) = given["sam_methods"]
+    assert key != SAM and given["methods"][key]["model_folder"] == str(folder)
+    ours, theirs = given["methods"][key]["per_case"], trained["methods"][SAM]["per_case"]
+    assert sorted(ours) == sorted(theirs) and len(ours) >= 2
+    for case in ours:
+        assert ours[case]["protocols"]["clicks_1"]["metrics"] == theirs[case]["protocols"]["clicks_1"]["metrics"]
+    with pytest.raises(BenchmarkError, match="not a trained model folder"):
+        run_benchmark(_config(tmp_path / "x", sam=[], sam_models=[str(folder / "..")], **settings))
+    with pytest.raises(BenchmarkError, match="does not exist"):
+        run_benchmark(_config(tmp_path / "y", sam=[], sam_models=[f"{folder}:3"], **settings))

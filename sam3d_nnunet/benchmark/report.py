@@ -55,6 +55,8 @@ def model_context(results: dict) -> List[str]:
         size = f"{_total(m.get('parameters'))} parameters, {_params(m.get('parameters'))} of them trained"
         if not sam:
             start = "what its encoder started from is not recorded in results.json"
+        elif sam.get("reference_task"):
+            start = f"the authors' trained 3DSAM-adapter model for {sam['reference_task']} (imported)"
         elif not checkpoint:
             start = ("**random weights**: the plans name no SAM checkpoint, so the ViT encoder started from random "
                      "weights, not from SAM's pretrained ones")

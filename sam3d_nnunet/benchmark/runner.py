@@ -32,7 +32,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -55,6 +55,33 @@ class MethodSpec:
     plans: str
     configuration: str
     kind: str  # "sam3d" or "baseline"
+    model_folder: Optional[str] = None  # a given model folder, used as it is for every fold (--sam-model)
+    model_fold: Optional[str] = None  # its fold_X to load
+
+    @classmethod
+    def given_model(cls, text: str, checkpoint_name: str) -> "MethodSpec":
+        """``FOLDER[:FOLD]``: a trained model folder ``<trainer>__<plans>__<configuration>`` (e.g. the authors'
+        model imported by ``import-reference``, ``fold_all``), predicting every fold's validation cases. Without
+        ``:FOLD`` the folder must hold exactly one fold with ``checkpoint_name``."""
+        folder, fold = text, None
+        head, sep, tail = text.rpartition(":")
+        if sep and (tail == "all" or tail.isdigit()):
+            folder, fold = head, tail
+        folder = os.path.abspath(os.path.expanduser(folder))
+        parts = os.path.basename(folder.rstrip(os.sep)).split("__")
+        if not os.path.isdir(folder) or len(parts) != 3:
+            raise BenchmarkError(f"--sam-model {text!r}: not a trained model folder <trainer>__<plans>__<configuration>")
+        folds = sorted(d[len("fold_"):] for d in os.listdir(folder)
+                       if d.startswith("fold_") and os.path.isfile(os.path.join(folder, d, checkpoint_name)))
+        if fold is None:
+            if len(folds) != 1:
+                raise BenchmarkError(f"--sam-model {text!r}: folds with {checkpoint_name}: {folds}; name one as "
+                                     f"FOLDER:FOLD")
+            fold = folds[0]
+        elif fold not in folds:
+            raise BenchmarkError(f"--sam-model {text!r}: {os.path.join(folder, 'fold_' + fold, checkpoint_name)} "
+                                 f"does not exist")
+        return cls(parts[0], parts[1], parts[2], "sam3d", folder, fold)
 
     @classmethod
     def parse(cls, text: str, configuration: str, kind: str) -> "MethodSpec":
@@ -65,11 +92,22 @@ class MethodSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.trainer}__{self.plans}__{self.configuration}"
+        key = f"{self.trainer}__{self.plans}__{self.configuration}"
+        if self.model_folder:
+            key = f"{os.path.basename(os.path.dirname(self.model_folder))}__{key}__fold_{self.model_fold}"
+        return key
 
     @property
     def display(self) -> str:
+        if self.model_folder:
+            return f"SAM3D ({self.trainer}, {os.path.basename(os.path.dirname(self.model_folder))} fold {self.model_fold})"
         return f"{'nnU-Net' if self.kind == 'baseline' else 'SAM3D'} ({self.trainer})"
+
+    def folder(self, results_folder: str) -> str:
+        return self.model_folder or os.path.join(results_folder, self.key)
+
+    def fold_to_load(self, fold: int) -> Union[int, str]:
+        return self.model_fold if self.model_folder else fold
 
 
 @dataclass
@@ -78,6 +116,7 @@ class BenchmarkConfig:
     configuration: str = "3d_fullres"
     folds: Sequence[int] = (0, 1, 2, 3, 4)
     sam: Sequence[str] = ()
+    sam_models: Sequence[str] = ()  # given model folders (FOLDER[:FOLD]), used as they are for every fold
     baseline: str = "nnUNetTrainer:nnUNetPlans"
     clicks: Sequence[int] = (1, 3, 10)
     iterative: int = 5
@@ -143,6 +182,9 @@ def sam_weights_context(plans: dict) -> dict:
             break
     variant = sam.get("sam_variant") or arch.get("variant")
     checkpoint = sam.get("sam_checkpoint")
+    if sam.get("reference_task"):  # imported by import-reference: the authors' trained weights
+        return {"variant": variant, "checkpoint": None, "pretrained": True,
+                "reference_task": sam["reference_task"]}
     return {"variant": variant, "checkpoint": checkpoint,
             "pretrained": bool(checkpoint) and variant not in VARIANTS_WITHOUT_SAM_WEIGHTS}
 
@@ -233,6 +275,8 @@ def check_folds(methods: Sequence[MethodSpec], folds: Sequence[int], splits: lis
         expected = sorted(splits[f]["val"])
         out[f] = expected
         for m in methods:
+            if m.model_folder:  # a given model predicts the fold's cases; it was not trained on the split
+                continue
             fold_folder = os.path.join(results_folder, m.key, f"fold_{f}")
             if not os.path.isdir(fold_folder):
                 problems.append(f"{m.display}: {fold_folder} does not exist (train it: nnUNetv2_train DATASET "
@@ -264,9 +308,10 @@ class BenchmarkRunner:
     def __init__(self, config: BenchmarkConfig):
         self.cfg = config
         self.sam_methods = [MethodSpec.parse(s, config.configuration, "sam3d") for s in config.sam]
+        self.sam_methods += [MethodSpec.given_model(s, config.checkpoint_name) for s in config.sam_models]
         self.baseline = MethodSpec.parse(config.baseline, config.configuration, "baseline")
         if not self.sam_methods:
-            raise BenchmarkError("give at least one SAM3D model (--sam TRAINER:PLANS)")
+            raise BenchmarkError("give at least one SAM3D model (--sam TRAINER:PLANS or --sam-model FOLDER)")
         keys = [m.key for m in self.sam_methods] + [self.baseline.key]
         if len(set(keys)) != len(keys):
             raise BenchmarkError(f"a method is listed twice: {keys}")
@@ -475,13 +520,18 @@ class BenchmarkRunner:
         from sam3d_nnunet.inference import PromptedPredictor
         from sam3d_nnunet.model import parameter_summary
 
-        folder = os.path.join(self.paths.results, m.key)
+        folder = m.folder(self.paths.results)
         entry = {"kind": "sam3d", "display": m.display, "trainer": m.trainer, "plans": m.plans,
                  "configuration": m.configuration, "model_folder": folder, "per_case": {}}
         for f in self.cfg.folds:
             with _quiet():
-                predictor = PromptedPredictor.from_trained_model_folder(folder, (f,), self.cfg.checkpoint_name,
+                predictor = PromptedPredictor.from_trained_model_folder(folder, (m.fold_to_load(f),),
+                                                                        self.cfg.checkpoint_name,
                                                                         device=self.cfg.device)
+            missing = sorted(set(self.labels) - {int(c) for c in predictor.label_manager.foreground_labels})
+            if missing:
+                raise BenchmarkError(f"{m.display}: the model in {folder} has no class {missing} of this dataset "
+                                     f"(its labels: {predictor.dataset_json.get('labels')})")
             if "parameters" not in entry:
                 try:
                     entry["parameters"] = dict(parameter_summary(predictor.network))
@@ -497,7 +547,7 @@ class BenchmarkRunner:
                 predictor.network, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json,
                 self.cfg.device, prompted=False, allowed_mirroring_axes=predictor.allowed_mirroring_axes,
                 trainer_name=predictor.trainer_name, list_of_parameters=predictor.list_of_parameters)
-            ckpt = _checkpoint_identity(os.path.join(folder, f"fold_{f}", self.cfg.checkpoint_name))
+            ckpt = _checkpoint_identity(os.path.join(folder, f"fold_{m.fold_to_load(f)}", self.cfg.checkpoint_name))
             rw = predictor.plans_manager.image_reader_writer_class()
             bar = _progress(fold_cases[f], f"{m.display} fold {f}", self.cfg.progress)
             for case in bar:

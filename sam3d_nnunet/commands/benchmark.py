@@ -38,8 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("-f", dest="folds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="folds (default 0 1 2 3 4)")
-    parser.add_argument("--sam", action="append", required=True, metavar="TRAINER:PLANS",
-                        help="a SAM3D model (repeatable), e.g. nnUNetTrainerSAM3D:SAM3DPlans")
+    parser.add_argument("--sam", action="append", default=[], metavar="TRAINER:PLANS",
+                        help="a SAM3D model trained on these folds (repeatable), e.g. nnUNetTrainerSAM3D:SAM3DPlans")
+    parser.add_argument("--sam-model", dest="sam_models", action="append", default=[], metavar="FOLDER[:FOLD]",
+                        help="a given SAM3D model folder used as it is for every fold (repeatable), e.g. the "
+                             "authors' model from import-reference: .../nnUNetTrainerSAM3D__3DSAMReferencePlans__"
+                             "3d_fullres:all")
     parser.add_argument("--baseline", required=True, metavar="TRAINER:PLANS",
                         help="nnU-Net's baseline, e.g. nnUNetTrainer:nnUNetPlans")
     parser.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 10], metavar="K",
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: -device cuda but torch.cuda.is_available() is False", file=sys.stderr)
             return 1
     cfg = BenchmarkConfig(dataset=args.dataset, configuration=args.configuration, folds=args.folds, sam=args.sam,
+                          sam_models=args.sam_models,
                           baseline=args.baseline, clicks=args.clicks, iterative=args.iterative, auto=args.auto,
                           seed=args.seed, output_dir=args.output, device=args.device, tolerances_mm=args.tolerances,
                           baseline_timing_cases=args.baseline_timing_cases, progress=args.progress,
