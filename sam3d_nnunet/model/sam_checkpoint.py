@@ -6,7 +6,7 @@ Every tensor of the file is accounted for:
   block norm1, norm2, attn.qkv, attn.proj, attn.rel_pos_h, attn.rel_pos_w, mlp.lin1, mlp.lin2. The 3D
   model transforms them at run time only (the 2D patch kernel is composed into a 3D kernel, the
   position table is pooled to the token grid, the relative-position tables are resized to the window).
-- DERIVED: each block's new depth table ``attn.rel_pos_d`` starts as the mean of its resized h and w tables.
+- DERIVED: each block's new depth table ``attn.rel_pos_d`` starts as the mean of its h and w tables (same length).
 - DROPPED by name (``DROPPED_PREFIXES``): SAM's 2D image-encoder neck (replaced by four 3D necks), and
   SAM's 2D prompt encoder and mask decoder (replaced by the click-prompt encoder and the 3D decoder).
 Anything else in the file is an error: it is not a SAM checkpoint of the expected variant.
