@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mask_decoder import fused_size
+
 
 def conv_norm_relu(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_ch, out_ch, kernel_size=3, padding=1),
@@ -41,10 +43,7 @@ class LinearHeadDecoder3D(nn.Module):
                                          for _ in range(num_levels))
         self.image_head = nn.Conv3d(image_channels, out_channels, kernel_size=1)
 
-    @staticmethod
-    def fused_size(grid: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
-        """Twice the token grid (64^3 for the paper's 32^3), never finer than the crop itself."""
-        return tuple(min(2 * n, c) for n, c in zip(grid, crop))
+    fused_size = staticmethod(fused_size)
 
     def prompt_independent(self, levels: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         """The logits' share from levels 1..n-1 and the image skip, at the fused resolution [B, 2, *2grid]."""

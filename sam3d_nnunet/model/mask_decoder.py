@@ -25,6 +25,12 @@ def level_branch(in_dim: int, dim: int) -> nn.Sequential:
                          nn.Conv3d(dim, dim, 3, padding=1, bias=False), nn.InstanceNorm3d(dim), nn.ReLU())
 
 
+def fused_size(grid: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
+    """Where the decoders fuse their levels: twice the token grid (64^3 for the paper's 32^3), never finer than
+    the crop itself."""
+    return tuple(min(2 * n, c) for n, c in zip(grid, crop))
+
+
 def upsample_aligned(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Trilinear resize with align_corners=True, as the published decoder upsamples."""
     return F.interpolate(x, size=size, mode="trilinear", align_corners=True)
@@ -42,10 +48,7 @@ class MLADecoder3D(nn.Module):
         self.fusion_norm = nn.InstanceNorm3d(level_dim)
         self.head = nn.Conv3d(level_dim, out_channels, 3, padding=1, bias=False)
 
-    @staticmethod
-    def fused_size(grid: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
-        """Twice the token grid (64^3 for the paper's 32^3), never finer than the crop itself."""
-        return tuple(min(2 * n, c) for n, c in zip(grid, crop))
+    fused_size = staticmethod(fused_size)
 
     def _prompted_channels(self) -> slice:
         n = len(self.levels)

@@ -26,11 +26,13 @@ not as a GPU peak: no GPU was available to remeasure it.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Sequence, Union
 
 import torch
 
+from .mask_decoder import fused_size
 from .variants import get_variant
 
 # fitted coefficients (bytes); see the module docstring
@@ -68,10 +70,9 @@ def estimate_training_memory_gb(variant: str, patch_size: Sequence[int], token_s
     """Estimated peak GPU memory (GB) of one bf16 training step of a SAM3DNet; see the module docstring."""
     v = get_variant(variant)
     strides = [int(token_stride)] * 3 if isinstance(token_stride, int) else [int(s) for s in token_stride]
-    tokens = fused_voxels = 1.0
-    for p, s in zip(patch_size, strides):
-        tokens *= int(p) // s
-        fused_voxels *= min(2 * (int(p) // s), int(p))
+    grid = [int(p) // s for p, s in zip(patch_size, strides)]
+    tokens = float(math.prod(grid))
+    fused_voxels = float(math.prod(fused_size(grid, [int(p) for p in patch_size])))
     n_all, n_trainable = _parameter_counts(variant, finetune, adapter_dim, neck_dim, decoder)
     fixed = 4.0 * n_all + 12.0 * n_trainable
     if gradient_checkpointing:
