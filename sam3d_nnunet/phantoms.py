@@ -26,6 +26,11 @@ Other kinds of dataset, from the same anatomy (``generate_phantom_dataset`` keyw
   the CT image itself. The one-channel CT dataset is byte-identical to what earlier versions wrote.
 * ``n_classes`` (default None: organ 1 + tumour 2): ``n_classes`` small spheres ("structure_01" ..),
   one per class, each with its own intensity, for datasets with many labels.
+* ``lesion_pair=True``: the demo's phantoms, where a click decides which object is meant. One organ holds
+  two lesions of the same size (radius 3.5-5 voxels at 48^3, about 150-500 voxels): a bright one (about
+  +130 HU) and a dark one (about -10 HU) in an organ of about +60 HU. Which of the two is the labelled
+  tumour (label 2) is drawn at random per case; the other one is labelled organ (1). No automatic model
+  can know which lesion is meant, one click on it says so (``make_lesion_pair_case``).
 * ``ignore_label``: an ``ignore`` label (value = highest class + 1) covering the voxels of the last
   quarter of the slices along axis 0 that are not background: "not annotated there", nnU-Net's
   sparse-annotation convention.
@@ -39,6 +44,7 @@ from typing import Sequence
 import numpy as np
 
 LABELS = {"background": 0, "organ": 1, "tumour": 2}
+LESION_PAIR_RADIUS = (0.073, 0.104)  # lesion radius / smallest image side: 3.5-5 voxels at 48^3
 
 # MRI-like sequences: intensity of (air, body, organ, tumour), arbitrary units >= 0
 MRI_CONTRASTS = {
@@ -120,6 +126,49 @@ def make_phantom_case(shape: Sequence[int], spacing: Sequence[float], rng: np.ra
     return image, label
 
 
+def make_lesion_pair_case(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator,
+                          return_decoy: bool = False) -> tuple[np.ndarray, ...]:
+    """One (image int16 in HU, label uint8) pair: body, one organ (label 1) with a bright and a dark lesion of
+    equal size; one of the two, drawn at random, is the tumour (label 2), the other stays organ.
+    ``return_decoy``: also the other lesion's mask (bool), e.g. to click on the wrong object in a test."""
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+    shape = tuple(int(s) for s in shape)
+    spacing = np.asarray(spacing, dtype=float)
+    extent = np.asarray(shape, dtype=float)
+    body_c = extent / 2 + rng.uniform(-0.03, 0.03, 3) * extent
+    body_r = rng.uniform(0.40, 0.46, 3) * extent
+    body = _ellipsoid(shape, body_c, body_r)
+    image = np.full(shape, -1000.0, dtype=np.float32)
+    image[body] = rng.normal(0.0, 5.0)
+    organ_c = body_c + rng.uniform(-0.1, 0.1, 3) * body_r
+    organ = _ellipsoid(shape, organ_c, rng.uniform(0.62, 0.75, 3) * body_r) & body
+    image[organ] = 60.0 + rng.normal(0.0, 4.0)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[organ] = LABELS["organ"]
+
+    radius = float(rng.uniform(*LESION_PAIR_RADIUS) * extent.min())
+    inside = distance_transform_edt(organ) >= radius + 1
+    candidates = np.argwhere(inside)
+    if len(candidates) == 0:  # tiny shapes: the organ's deepest voxels
+        dist = distance_transform_edt(organ)
+        candidates = np.argwhere(dist >= dist.max())
+    first = candidates[int(rng.integers(len(candidates)))].astype(float)
+    far = candidates[np.linalg.norm(candidates - first, axis=1) >= 2 * radius + 2]
+    second = (far[int(rng.integers(len(far)))] if len(far) else candidates[-1]).astype(float)
+    lesions = [_ellipsoid(shape, c, radius * rng.uniform(0.9, 1.1, 3)) & organ for c in (first, second)]
+    bright, dark = lesions if rng.random() < 0.5 else lesions[::-1]
+    image[bright] = 130.0 + rng.normal(0.0, 5.0)
+    image[dark] = -10.0 + rng.normal(0.0, 5.0)
+    tumour, decoy = (bright, dark) if rng.random() < 0.5 else (dark, bright)
+    label[tumour] = LABELS["tumour"]
+
+    image = gaussian_filter(image, sigma=0.6 / (spacing / spacing.min()))
+    image += rng.normal(0.0, 12.0, shape).astype(np.float32)
+    image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
+    return (image, label, decoy & ~tumour) if return_decoy else (image, label)
+
+
 def mri_channel(label: np.ndarray, body: np.ndarray, name: str, spacing: Sequence[float],
                 rng: np.random.Generator) -> np.ndarray:
     """One MRI-like channel (int16, >= 0) of a phantom's anatomy: tissue intensities from ``MRI_CONTRASTS``
@@ -170,7 +219,7 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
                              n_cases: int = 10, shape: Sequence[int] = (48, 48, 48), seed: int = 0,
                              spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
                              channel_names: Sequence[str] = ("CT",), n_classes: int | None = None,
-                             ignore_label: bool = False) -> Path:
+                             ignore_label: bool = False, lesion_pair: bool = False) -> Path:
     """Write ``<raw_folder>/Dataset<ID>_<name>/`` (imagesTr, labelsTr, dataset.json) and return its path.
 
     Case ``i`` is named ``<name lower-case>_<iii>``; by default its image ``imagesTr/<case>_0000.nii.gz`` has
@@ -189,6 +238,8 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
     channel_names = [str(c) for c in channel_names]
     if not channel_names:
         raise ValueError("channel_names needs at least one channel")
+    if lesion_pair and n_classes is not None:
+        raise ValueError("lesion_pair and n_classes make different anatomies; choose one")
     if n_classes is not None and not 1 <= int(n_classes) <= 1000:
         raise ValueError(f"n_classes must be in 1..1000, got {n_classes}")
     out = Path(raw_folder) / f"Dataset{int(dataset_id):03d}_{name}"
@@ -208,7 +259,9 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
         description += "; label 'ignore' marks unannotated voxels (last quarter of the slices along axis 0)"
     for i in range(n_cases):
         rng = np.random.default_rng([int(seed), i])
-        if n_classes is None:
+        if lesion_pair:
+            image, label = make_lesion_pair_case(shape, spacing, rng)
+        elif n_classes is None:
             image, label = make_phantom_case(shape, spacing, rng)
         else:
             image, label = make_many_class_case(shape, spacing, int(n_classes), rng)
@@ -230,7 +283,10 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
             itk = sitk.GetImageFromArray(arr)
             itk.SetSpacing(sitk_spacing)
             sitk.WriteImage(itk, str(path), useCompression=True)
-    if channel_names == ["CT"] and n_classes is None and not ignore_label:
+    if lesion_pair:
+        description = description.replace("organs = 1, tumour = 2", "organ = 1 with a bright and a dark lesion, "
+                                          "one of them drawn at random as tumour = 2")
+    if channel_names == ["CT"] and n_classes is None and not ignore_label and not lesion_pair:
         # exactly what earlier versions wrote
         description = ("Synthetic CT phantoms (body, organs = 1, tumour = 2) made by "
                        "sam3d_nnunet.phantoms; deterministic under the seed.")
@@ -241,6 +297,8 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
         extra["phantom_channels"] = channel_names
     if n_classes is not None:
         extra["phantom_n_classes"] = int(n_classes)
+    if lesion_pair:
+        extra["phantom_lesion_pair"] = True
     generate_dataset_json(str(out), channel_names={k: c for k, c in enumerate(channel_names)}, labels=labels,
                           num_training_cases=n_cases, file_ending=".nii.gz",
                           dataset_name=f"Dataset{int(dataset_id):03d}_{name}", description=description,

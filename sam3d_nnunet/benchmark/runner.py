@@ -392,6 +392,8 @@ class BenchmarkRunner:
         results = {
             "version": RESULTS_VERSION,
             "dataset": self.paths.dataset_name,
+            "dataset_description": str(self.dataset_json.get("description", "")),
+            "synthetic": "phantom_seed" in self.dataset_json,
             "configuration": cfg.configuration,
             "folds": [int(f) for f in cfg.folds],
             "seed": int(cfg.seed),

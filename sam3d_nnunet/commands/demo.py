@@ -2,8 +2,10 @@
 
 Steps (each says what it does; a rerun in the same ``--workdir`` skips or resumes finished steps):
 
-1. generate deterministic synthetic CT-like phantoms (body, organ = 1, small tumour = 2) with
-   ``sam3d_nnunet.phantoms`` as an nnU-Net raw dataset (``Dataset990_SAM3DDemo``);
+1. generate deterministic synthetic CT-like phantoms with ``sam3d_nnunet.phantoms`` as an nnU-Net raw dataset
+   (``Dataset990_SAM3DDemo``): an organ (label 1) holding a bright and a dark lesion of the same size; one of
+   the two, drawn at random per case, is the tumour (label 2). No automatic model can know which lesion is
+   meant; one click on it says so, which is what a promptable model is for;
 2. write a SAM-format checkpoint of the small ``tiny`` encoder with RANDOM weights
    (``sam3d_nnunet.model.write_random_sam_checkpoint``): the real SAM weights cannot be downloaded offline, so
    the demo shows the pipeline working, not what pretrained SAM features bring;
@@ -62,6 +64,7 @@ class DemoBudget:
     clicks: tuple = (1, 3, 10)
     iterative: int = 5
     baseline_timing_cases: int = 2
+    lesion_pair: bool = True  # phantoms where a click decides which lesion is the tumour
 
 
 FULL = DemoBudget()
@@ -199,7 +202,8 @@ class _Demo:
     # -------------------------------------------------------------- steps
     def generate(self) -> None:
         b = self.budget
-        t0 = self.step(1, f"Generating {b.n_cases} synthetic CT phantoms (organ + small tumour, "
+        t0 = self.step(1, f"Generating {b.n_cases} synthetic CT phantoms (an organ with a bright and a dark lesion, "
+                          f"one of them the tumour: a click says which; "
                           f"{'x'.join(map(str, b.shape))} voxels, seed {b.phantom_seed}) as nnU-Net raw dataset "
                           f"{self.name} ...")
         folder = self.raw / self.name
@@ -214,7 +218,7 @@ class _Demo:
                 return
         from sam3d_nnunet.phantoms import generate_phantom_dataset
         generate_phantom_dataset(self.raw, DATASET_ID, DATASET_NAME, n_cases=b.n_cases, shape=b.shape,
-                                 seed=b.phantom_seed, spacing=b.spacing)
+                                 seed=b.phantom_seed, spacing=b.spacing, lesion_pair=b.lesion_pair)
         self.done(t0, f"wrote {folder}")
 
     def sam_checkpoint(self) -> None:
