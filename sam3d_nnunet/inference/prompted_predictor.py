@@ -204,12 +204,18 @@ class PromptedPredictor:
 
     def parameter_sets(self) -> Iterator[None]:
         """Load each parameter set (fold of an ensemble) into the network in turn, yielding after each; a single
-        set: yields once with the network as it is."""
+        set: yields once with the network as it is.
+
+        Autocast caches the low-precision copy of every trainable (``requires_grad``) weight for as long as the
+        outermost autocast region lasts, keyed by the tensor; ``load_state_dict`` copies a fold's weights into
+        those same tensors, so without clearing that cache every fold after the first would compute with the
+        first fold's bf16 weights."""
         if self.list_of_parameters is None or len(self.list_of_parameters) <= 1:
             yield
             return
         for params in self.list_of_parameters:
             self.network.load_state_dict(params)
+            torch.clear_autocast_cache()
             yield
 
     def _predict_one(self, data: torch.Tensor, prompts: Optional[Dict[int, ClassPrompt]]) -> torch.Tensor:
