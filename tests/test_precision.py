@@ -167,7 +167,8 @@ def test_the_trainer_steps_and_validates_at_the_resolved_precision(tmp_path, mon
 def test_each_fold_of_an_ensemble_computes_with_its_own_weights_under_bf16():
     """Autocast caches the bf16 copy of each trainable weight for the whole autocast region: an ensemble that loads
     fold after fold into the same tensors must not keep computing with the first fold's cached copies. Under bf16
-    the two-fold probabilities are the mean of the folds' probabilities, each fold predicted alone."""
+    the two-fold class probabilities are the mean of the folds' probabilities, each fold predicted alone, and the
+    background is 1 - the highest of those means (the merge rule applied to the ensemble, as ``predict`` does)."""
     from sam3d_nnunet.inference import ClassPrompt, PromptedPredictor
     net, pm, cm = _network()
     first = {k: v.clone() for k, v in net.state_dict().items()}
@@ -184,5 +185,7 @@ def test_each_fold_of_an_ensemble_computes_with_its_own_weights_under_bf16():
                        .predict_preprocessed(data, prompts))
     assert (singles[0] - singles[1]).abs().max() > 0.05, "the folds differ"
     both = PromptedPredictor(net, pm, cm, DATASET_JSON, "cpu", precision="bf16", list_of_parameters=[first, second])
-    torch.testing.assert_close(both.predict_preprocessed(data, prompts), (singles[0] + singles[1]) / 2,
-                               atol=1e-6, rtol=0)
+    ensemble = both.predict_preprocessed(data, prompts)
+    mean = (singles[0][1:] + singles[1][1:]) / 2
+    torch.testing.assert_close(ensemble[1:], mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ensemble[0], 1 - mean.max(0).values, atol=1e-6, rtol=0)
