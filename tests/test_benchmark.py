@@ -250,6 +250,14 @@ def _config(out: Path, **overrides):
     return BenchmarkConfig(**{**settings, **overrides})
 
 
+def _scores(results: dict) -> dict:
+    """{(method, case, protocol, class, metric): value} of every Dice / NSD in a results.json."""
+    return {(method, case, protocol, c, k): value
+            for method, m in results["methods"].items() for case, v in m["per_case"].items()
+            for protocol, entry in v["protocols"].items() for c, metrics in entry["metrics"].items()
+            for k, value in metrics.items() if k == "Dice" or k.startswith("NSD@")}
+
+
 def _mask(path: str) -> np.ndarray:
     import SimpleITK as sitk
     return sitk.GetArrayFromImage(sitk.ReadImage(path))
@@ -290,6 +298,13 @@ def test_benchmark_is_deterministic_in_fresh_folders_and_a_rerun_reuses_predicti
     assert means(a) == means(b)
     assert a["methods"][SAM]["iterative"] == b["methods"][SAM]["iterative"]
     assert a["methods"][BASE]["per_case"] == b["methods"][BASE]["per_case"]
+    # the results.json files of the two fresh folders hold the same Dice / NSD per method, case, protocol and
+    # class, and those are numbers: two runs whose scores are all None (or NaN) would also compare equal
+    scores = [_scores(json.loads((tmp_path / run / "results.json").read_text())) for run in ("a", "b")]
+    assert scores[0] == scores[1]
+    assert len(scores[0]) >= 2 * 2 * 5 * 4, "cases x classes x (nnunet, auto, clicks_1, 2 iterative steps) x 4"
+    assert all(isinstance(v, float) and np.isfinite(v) and 0.0 <= v <= 1.0 for v in scores[0].values()), \
+        {k: v for k, v in scores[0].items() if not (isinstance(v, float) and np.isfinite(v))}
 
     again = run_benchmark(_config(tmp_path / "a"))
     for case, v in again["methods"][SAM]["per_case"].items():

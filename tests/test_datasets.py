@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from msd_subset import msd_subset
+from summary_checks import check_summary
 from test_trainer_integration import Pipeline, _env, _exe, _run  # nnU-Net commands in subprocesses
 
 SITK = pytest.importorskip("SimpleITK")
@@ -478,10 +479,10 @@ def test_two_and_four_channel_datasets_plan_train_and_predict(trained, tmp_path)
             assert w.shape == (3, 4) and not torch.equal(w, torch.full((3, 4), 0.25))
         else:
             assert "input_mixer.weight" not in weights
-        summary = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
-        assert {"1", "2"} <= set(summary["mean"]), "the final validation scored both classes"
         raw = pipe.root / "raw" / pipe.name
         cases = _val_cases(pipe.preprocessed)
+        # the final validation scored both classes on every validation case (one epoch: no Dice threshold)
+        check_summary(json.loads((model / "fold_0" / "validation" / "summary.json").read_text()), cases)
         inp = _link_cases(raw, cases, n, tmp_path / f"in{n}")
         out = tmp_path / f"out{n}"
         assert main(["predict", "-i", str(inp), "-o", str(out), "-m", str(model), "-f", "0", "-device", "cpu",
@@ -499,8 +500,8 @@ def test_two_and_four_channel_datasets_plan_train_and_predict(trained, tmp_path)
                     assert label[tuple(int(i) for i in p)] == int(c), "clicks on their class, never on ignore"
         assert main(["evaluate", "-ref", str(raw / "labelsTr"), "-pred", str(out), "-djfile",
                      str(raw / "dataset.json"), "--chill", "--no-progress", "-np", "1"]) == 0
-        scores = json.loads((out / "summary.json").read_text())
-        assert {"Dice", "NSD@1mm", "NSD@2mm", "NSD@5mm"} <= set(scores["mean"]["2"])
+        check_summary(json.loads((out / "summary.json").read_text()), cases,
+                      metrics=("Dice", "NSD@1mm", "NSD@2mm", "NSD@5mm"))
 
 
 @pytest.mark.slow
@@ -608,5 +609,4 @@ def test_sts_ct_thick_slices_reduced(trained):
         assert _same_geometry(pred, SITK.ReadImage(str(inp / f"{case}_0000.nii.gz"))), "native geometry"
     assert main(["evaluate", "-ref", str(raw / "labelsTr"), "-pred", str(out), "-djfile", str(raw / "dataset.json"),
                  "--chill", "--no-progress", "-np", "1"]) == 0
-    scores = json.loads((out / "summary.json").read_text())["mean"]["1"]
-    assert 0.0 <= scores["Dice"] <= 1.0 and 0.0 <= scores["NSD@2mm"] <= 1.0
+    check_summary(json.loads((out / "summary.json").read_text()), val, labels=("1",), metrics=("Dice", "NSD@2mm"))

@@ -368,3 +368,34 @@ def test_manifest_docks_the_widget_in_a_real_viewer(qtbot):
         assert widget.image_combo.count() == 0 and not widget.auto_button.isEnabled()
     finally:
         viewer.close()
+
+
+# ------------------------------------------------------------------------------------------------ the skip rule
+def _run_widget_test_with(tmp_path, plugin_source: str) -> str:
+    """Run one widget test of this file in a fresh pytest, with a pytest plug-in (``plugin_source``) loaded first;
+    returns pytest's summary output."""
+    (tmp_path / "sam3d_test_poison.py").write_text(plugin_source)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    test = "tests/test_napari_plugin.py::test_automatic_then_refine_reset_and_class_choice"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "sam3d_test_poison", "-p", "no:cacheprovider", "-q",
+                          "-rs", test], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    return out.stdout + out.stderr
+
+
+def test_absent_napari_skips_with_the_reason(tmp_path):
+    """napari not installed (``find_spec`` finds nothing): the widget tests skip, naming the extra."""
+    output = _run_widget_test_with(tmp_path, "import importlib.util\n"
+                                             "_real = importlib.util.find_spec\n"
+                                             "importlib.util.find_spec = lambda name, *a: None if name == 'napari' "
+                                             "else _real(name, *a)\n")
+    assert "1 skipped" in output and "napari is not installed" in output, output[-2000:]
+
+
+@needs_napari
+def test_installed_napari_with_a_broken_plug_in_fails_not_skips(tmp_path):
+    """napari installed, the plug-in's widget module unimportable: the widget test errors (a failure), not a skip."""
+    output = _run_widget_test_with(tmp_path, "import sys\n"
+                                             "sys.modules['sam3d_nnunet.napari_plugin.widget'] = None  # ImportError\n")
+    assert "1 error" in output and "skipped" not in output, output[-2000:]
+    assert "sam3d_nnunet.napari_plugin.widget" in output

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from phantom_training import train_phantoms
 from tiny_plans import DATASET_JSON, tiny_plans
 
 SITK = pytest.importorskip("SimpleITK")
@@ -358,39 +357,12 @@ def test_cli_model_errors_name_the_path(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ a trained model
-TRAIN_SCRIPT = r"""
-import sys
-from pathlib import Path
-import torch
-root = Path(sys.argv[1])
-from sam3d_nnunet.model import write_random_sam_checkpoint
-from sam3d_nnunet.phantoms import generate_phantom_dataset
-generate_phantom_dataset(root / "raw", 951, "PredictPhantoms", n_cases=5, shape=(48, 48, 48), seed=0,
-                         spacing=(3.0, 3.0, 3.0))
-ckpt = write_random_sam_checkpoint("tiny", root / "sam_tiny.pth", seed=1)
-from sam3d_nnunet.cli import main
-assert main(["plan_and_preprocess", "-d", "951", "-c", "3d_fullres", "--sam-variant", "tiny", "--sam-checkpoint",
-             str(ckpt), "-npfp", "2", "-np", "2", "--no_pbar"]) == 0
-from nnunetv2.run.run_training import get_trainer_from_args
-trainer = get_trainer_from_args("951", "3d_fullres", 0, "nnUNetTrainerSAM3D_1epoch", "SAM3DPlans",
-                                device=torch.device("cpu"))
-trainer.run_training()  # nnUNetv2_train without its final validation, which these tests do not need
-"""
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny SAM3DNet trained for one epoch on 5 CT phantoms (48^3 at 3 mm, CT normalisation), in one
     subprocess (nnU-Net reads its folders from the environment at import time)."""
-    from sam3d_nnunet.commands.ext_trainer_dir import ext_trainer_dir
     root = tmp_path_factory.mktemp("predict_trained")
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "res"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2",
-               nnUNet_extTrainer=ext_trainer_dir(), nnUNet_compile="false")
-    p = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(root)], env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, f"training failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    model = root / "res" / "Dataset951_PredictPhantoms" / "nnUNetTrainerSAM3D_1epoch__SAM3DPlans__3d_fullres"
+    model = train_phantoms(root, 951, "PredictPhantoms", 48, "nnUNetTrainerSAM3D_1epoch")
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     return root, model
 
@@ -427,8 +399,8 @@ def test_real_ct_keeps_its_geometry(trained, shared_data, tmp_path):
 def test_dataset_naming_simulated_clicks_auto_and_ensemble(trained, tmp_path, monkeypatch):
     """``-d/-tr/-p`` with ``$nnUNet_results``; ``--simulate-clicks`` gives exactly what the shared prediction path
     (``PromptedPredictor.predict_raw_case``, used by validation) gives with the same seeded clicks;
-    ``--save_probabilities``; a rerun skips; ``--auto``; two folds ensemble (here two copies of fold 0, which
-    must give the single fold's result)."""
+    ``--save_probabilities``; a rerun skips; ``--auto``. (Ensembles of two different folds:
+    ``test_two_different_folds_ensemble_to_the_mean_of_their_probabilities``.)"""
     from sam3d_nnunet.cli import main
     from sam3d_nnunet.inference import PromptedPredictor, protocol_prompts_from_label
     root, model = trained
@@ -472,11 +444,79 @@ def test_dataset_naming_simulated_clicks_auto_and_ensemble(trained, tmp_path, mo
     assert main(["predict", *common, "-o", str(tmp_path / "auto"), "-m", str(model), "-f", "0", "--auto"]) == 0
     out = SITK.ReadImage(str(tmp_path / "auto" / f"{case}.nii.gz"))
     assert _same_geometry(out, SITK.ReadImage(str(tmp_path / "in" / f"{case}_0000.nii.gz")))
-    # ensemble of two folds (identical weights): the same result as one fold
-    copy = tmp_path / "model"
-    shutil.copytree(model, copy, ignore=shutil.ignore_patterns("validation", "*.png", "*.txt"))
-    shutil.copytree(copy / "fold_0", copy / "fold_1")
-    assert main(["predict", *common, "-o", str(tmp_path / "ens"), "-m", str(copy), "-f", "0", "1",
-                 "--simulate-clicks", str(raw / "labelsTr"), "--n-clicks", "2", "--seed", "3"]) == 0
+
+
+def _model_with_a_second_fold(model: Path, dest: Path, seed: int = 0, scale: float = 0.5) -> Path:
+    """A copy of the trained model folder with a GENUINELY different ``fold_1``: fold 0's checkpoint with every
+    trainable tensor (not frozen under the adapter policy) moved by ``scale`` x its own std of seeded noise."""
+    from sam3d_nnunet.model.finetune import is_frozen
+    from sam3d_nnunet.validation import load_checkpoint_safely
+    shutil.copytree(model, dest, ignore=shutil.ignore_patterns("validation*", "*.png", "*.txt"))
+    checkpoint = load_checkpoint_safely(dest / "fold_0" / "checkpoint_final.pth")
+    generator = torch.Generator().manual_seed(seed)
+    moved = 0
+    for key, value in checkpoint["network_weights"].items():
+        if value.is_floating_point() and value.numel() > 1 and not is_frozen(key, "adapter"):
+            noise = torch.randn(value.shape, generator=generator, dtype=value.dtype)
+            checkpoint["network_weights"][key] = value + scale * (value.std() + 1e-3) * noise
+            moved += 1
+    assert moved > 10
+    (dest / "fold_1").mkdir()
+    torch.save(checkpoint, dest / "fold_1" / "checkpoint_final.pth")
+    return dest
+
+
+@pytest.mark.slow
+def test_two_different_folds_ensemble_to_the_mean_of_their_probabilities(trained, tmp_path):
+    """Fold 1 is fold 0 with its trainable weights perturbed. For clicks (``predict_preprocessed``) and for the
+    automatic mode of the prompted model (``predict_unprompted``), the two-fold predictor's class probabilities
+    are the mean of the folds' probabilities, each fold predicted alone, and differ from either fold alone (so a
+    predictor that used one fold only fails); the background follows the merge rule on those means; ``predict
+    -f 0 1`` writes the same segmentation as the two-fold predictor's ``predict_raw_case`` (validation's path)."""
+    from sam3d_nnunet.cli import main
+    from sam3d_nnunet.inference import ClassPrompt, PromptedPredictor, protocol_prompts_from_label
+    from sam3d_nnunet.inference.prompted_predictor import raw_to_preprocessed_coords
+    from sam3d_nnunet.inference.session import predict_unprompted
+    root, model = trained
+    folder = _model_with_a_second_fold(model, tmp_path / "model")
+    raw = root / "raw" / "Dataset951_PredictPhantoms"
+    case = "predictphantoms_004"
+    image = raw / "imagesTr" / f"{case}_0000.nii.gz"
+    label = SITK.GetArrayFromImage(SITK.ReadImage(str(raw / "labelsTr" / f"{case}.nii.gz")))
+    predictors = {folds: PromptedPredictor.from_trained_model_folder(str(folder), folds)
+                  for folds in ((0,), (1,), (0, 1))}
+    ensemble = predictors[(0, 1)]
+    assert ensemble.list_of_parameters is not None and len(ensemble.list_of_parameters) == 2
+    pre = ensemble.configuration_manager.preprocessor_class(verbose=False)
+    data, _, properties = pre.run_case([str(image)], None, ensemble.plans_manager, ensemble.configuration_manager,
+                                       ensemble.dataset_json)
+    raw_prompts = protocol_prompts_from_label(label, case, (1, 2), n_clicks=2, seed=3)
+    prompts = {c: ClassPrompt(raw_to_preprocessed_coords(p.clicks, properties,
+                                                         ensemble.plans_manager.transpose_forward, data.shape[1:]),
+                              p.labels) for c, p in raw_prompts.items()}
+    assert sorted(prompts) == [1, 2]
+    data = torch.from_numpy(np.ascontiguousarray(data)).float()
+
+    def check(outputs, what):  # class probabilities [classes, *shape]
+        one, other, both = outputs[(0,)], outputs[(1,)], outputs[(0, 1)]
+        assert (one - other).abs().max() > 0.05, f"{what}: the two folds predict (nearly) the same"
+        torch.testing.assert_close(both, (one + other) / 2, atol=1e-5, rtol=0, msg=f"{what}: not the fold mean")
+        for single in (one, other):
+            assert (both - single).abs().max() > 0.02, f"{what}: the ensemble equals one fold alone"
+
+    clicked = {k: p.predict_preprocessed(data, prompts) for k, p in predictors.items()}
+    check({k: v[1:] for k, v in clicked.items()}, "clicks")
+    # background: the merge rule on the mean class probabilities (what predict's per-class merge gives)
+    torch.testing.assert_close(clicked[(0, 1)][0], 1 - clicked[(0, 1)][1:].max(0).values, atol=1e-6, rtol=0)
+    check({k: torch.stack([v for _, v in sorted(predict_unprompted(p, data, [1, 2]).items())])
+           for k, p in predictors.items()}, "automatic")
+    # the command line ensembles the same two folds: the same segmentation as the two-fold predictor
+    (tmp_path / "in").mkdir()
+    os.symlink(image, tmp_path / "in" / f"{case}_0000.nii.gz")
+    assert main(["predict", "-i", str(tmp_path / "in"), "-device", "cpu", "--disable_progress_bar", "-o",
+                 str(tmp_path / "ens"), "-m", str(folder), "-f", "0", "1", "--simulate-clicks",
+                 str(raw / "labelsTr"), "--n-clicks", "2", "--seed", "3"]) == 0
+    (tmp_path / "ref").mkdir()
+    ensemble.predict_raw_case([str(image)], raw_prompts, str(tmp_path / "ref" / case))
     ens = SITK.GetArrayFromImage(SITK.ReadImage(str(tmp_path / "ens" / f"{case}.nii.gz")))
-    assert np.array_equal(ens, ref)
+    assert np.array_equal(ens, SITK.GetArrayFromImage(SITK.ReadImage(str(tmp_path / "ref" / f"{case}.nii.gz"))))

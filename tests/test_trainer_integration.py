@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from msd_subset import msd_subset
+from summary_checks import check_summary
 from tiny_plans import DATASET_JSON, tiny_plans
 
 BIN = Path(sys.executable).parent
@@ -264,9 +265,6 @@ def _check_cv_result(pipe: Pipeline, trainer: str, labels=("1", "2")):
     from nnunetv2.utilities.crossval_split import generate_crossval_split
     fold = pipe.results(trainer) / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
-    assert set(labels) <= set(summary["mean"]), summary["mean"].keys()
-    for lab in labels:
-        assert 0.0 <= summary["mean"][lab]["Dice"] <= 1.0
     # same split as nnU-Net's default trainer would create, unchanged on disk
     ids = sorted(p.name[:-len(".nii.gz")] for p in (pipe.preprocessed / "gt_segmentations").iterdir())
     expected = generate_crossval_split(ids, seed=12345, n_splits=5)
@@ -274,11 +272,14 @@ def _check_cv_result(pipe: Pipeline, trainer: str, labels=("1", "2")):
     assert splits == expected
     predicted = sorted(p.name[:-len(".nii.gz")] for p in (fold / "validation").glob("*.nii.gz"))
     assert predicted == sorted(expected[0]["val"])
+    # no Dice floor (a few iterations of one epoch; whether training learns is the learning tests' subject), but
+    # every validation case is scored and every class's Dice is there and finite (None / NaN or a missing case fail)
+    check_summary(summary, predicted, labels)
     # validation/ holds the automatic predictions (nnU-Net's own validation); the prompted ones are next to it
     assert not list((fold / "validation").glob("prompts*.json"))
     prompted = fold / "validation_clicks1_seed0"
     assert sorted(p.name[:-len(".nii.gz")] for p in prompted.glob("*.nii.gz")) == predicted
-    assert set(labels) <= set(json.loads((prompted / "summary.json").read_text())["mean"])
+    check_summary(json.loads((prompted / "summary.json").read_text()), predicted, labels)
     prompts = json.loads((prompted / "prompts.json").read_text())
     assert sorted(prompts["cases"]) == predicted
     # native geometry: same size and spacing as the ground truth

@@ -191,7 +191,9 @@ class PromptedPredictor:
                              prompts: Optional[Dict[int, ClassPrompt]] = None) -> torch.Tensor:
         """[C, *shape] preprocessed image (+ prompts in preprocessed coordinates) -> [num_classes, *shape]
         tensor (CPU, float32) for ``export_prediction_from_logits``. ``prompts`` None with a prompted model:
-        every class empty. Several parameter sets (folds): averaged."""
+        every class empty. Several parameter sets (folds): averaged; for a prompted model the class probabilities
+        are averaged and then merged (background = 1 - the highest mean class probability), as ``predict`` merges
+        them, not the folds' merged maps."""
         if isinstance(data, np.ndarray):
             data = torch.from_numpy(np.ascontiguousarray(data))
         data = data.float()
@@ -200,16 +202,28 @@ class PromptedPredictor:
             for _ in self.parameter_sets():
                 out = self._predict_one(data, prompts)
                 acc, n = (out if acc is None else acc + out), n + 1
-        return acc if n == 1 else acc / n
+        if n == 1:
+            return acc
+        acc = acc / n
+        if self.prompted:
+            acc = merge_class_probabilities({c: acc[c] for c in range(1, acc.shape[0])}, acc.shape[0],
+                                            tuple(acc.shape[1:]))
+        return acc
 
     def parameter_sets(self) -> Iterator[None]:
         """Load each parameter set (fold of an ensemble) into the network in turn, yielding after each; a single
-        set: yields once with the network as it is."""
+        set: yields once with the network as it is.
+
+        Autocast caches the low-precision copy of every trainable (``requires_grad``) weight for as long as the
+        outermost autocast region lasts, keyed by the tensor; ``load_state_dict`` copies a fold's weights into
+        those same tensors, so without clearing that cache every fold after the first would compute with the
+        first fold's bf16 weights."""
         if self.list_of_parameters is None or len(self.list_of_parameters) <= 1:
             yield
             return
         for params in self.list_of_parameters:
             self.network.load_state_dict(params)
+            torch.clear_autocast_cache()
             yield
 
     def _predict_one(self, data: torch.Tensor, prompts: Optional[Dict[int, ClassPrompt]]) -> torch.Tensor:
