@@ -36,7 +36,7 @@ import numpy as np
 __all__ = [
     "PROMPT_TYPES", "DENSE_CHANNELS", "MAX_POINTS_PER_PROMPT", "PromptError", "ClickPrompt", "BoxPrompt",
     "ScribblePrompt", "LassoPrompt", "MaskPrompt", "Prompt", "EncodedPrompts", "validate_prompt", "encode_prompts",
-    "prompt_points", "rasterise_region", "box_slice_axis", "lasso_slice_axis",
+    "prompt_points", "rasterise_region", "box_slice_axis", "lasso_slice_axis", "describe_prompt",
 ]
 
 PROMPT_TYPES = {"click": 0, "box": 1, "scribble": 2, "lasso": 3}
@@ -341,3 +341,15 @@ def encode_prompts(prompts: Sequence[Prompt], shape: Sequence[int], validate: bo
     if not points:
         return EncodedPrompts(np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), None)
     return EncodedPrompts(np.concatenate(points), np.concatenate(labels), np.concatenate(types), dense)
+
+
+def describe_prompt(prompt: Prompt) -> dict:
+    """A JSON-able record of a prompt (array order (z, y, x); a mask by its voxel count above 0.5)."""
+    if isinstance(prompt, MaskPrompt):
+        return {"type": "mask", "voxels": int((prompt.mask > 0.5).sum())}
+    if isinstance(prompt, ClickPrompt):
+        return {"type": "click", "point_zyx": list(prompt.point), "positive": prompt.positive}
+    if isinstance(prompt, BoxPrompt):
+        return {"type": "box", "corners_zyx": [list(prompt.corner), list(prompt.opposite_corner)],
+                "positive": prompt.positive}
+    return {"type": prompt.kind, "points_zyx": [list(p) for p in prompt.points], "positive": prompt.positive}
