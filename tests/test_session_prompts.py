@@ -70,6 +70,18 @@ def test_every_prompt_returns_the_label_map_without_encoding_again_and_undo_cove
     assert session.prompts() == [] and not session.can_undo
 
 
+def test_a_mask_alone_is_a_prompt(session):
+    mask = np.zeros(SHAPE, bool)
+    mask[10:20, 8:16, 6:12] = True
+    encodes = session.calls["encode"]
+    out = session.set_mask(mask, class_id=2)
+    assert out.shape == SHAPE and session.prompts(2)[0].mask.sum() == mask.sum()
+    assert session.calls["decode"][-1]["dense_prompt"][0, 0].sum() == mask.sum()
+    assert session.calls["encode"] == max(encodes, 1)
+    session.undo()
+    assert session.prompts(2) == []
+
+
 def test_the_dense_prompt_goes_through_the_images_preprocessing(session):
     from sam3d_nnunet.inference.prompted_predictor import raw_to_preprocessed_coords
     session.add_box((5, 3, 4), (12, 10, 20), class_id=2)

@@ -9,8 +9,10 @@ label 1 positive / 0 negative):
 
 1. the image is padded to at least the patch size like nnU-Net's sliding window does (``pad_nd_image``,
    constant 0, centred); clicks shift with the padding;
-2. the first window is the patch-sized box centred on the mean of the positive clicks (of all clicks if there
-   is no positive one), shifted inside the image;
+2. the first window is the patch-sized box centred on the mean of the positive clicks (without one: on the
+   centroid of the dense prompt's previous mask and positive regions if there are any, else on the mean of all
+   clicks), shifted inside the image; boxes, scribbles and lassos arrive as clicks with a prompt type (``types``)
+   and the dense prompt (``dense``, cropped with each window), see ``ClassPrompt``;
 3. the window is encoded (features are cached per window position, so classes prompted in the same window
    share one encoder pass) and decoded with the clicks that fall inside it (in window coordinates);
 4. if the window's predicted mask touches one of its faces that is not the image border, a neighbour window
@@ -359,7 +361,12 @@ class PromptedPredictor:
 
         types = np.zeros(len(labels), np.int64) if types is None else types
         positives = clicks[labels == 1]
-        anchor = positives.mean(0) if len(positives) else clicks.mean(0) if len(clicks) else _dense_anchor(dense)
+        if len(positives):
+            anchor = positives.mean(0)
+        elif dense is not None and bool((dense[:2] > 0.5).any()) or not len(clicks):  # a mask, a box or a lasso
+            anchor = _dense_anchor(dense)
+        else:
+            anchor = clicks.mean(0)
         queue: List[tuple] = [clamp_start(anchor - P / 2)]
         propagated: List[np.ndarray] = []
         done: List[tuple] = []

@@ -10,6 +10,9 @@
     mask = session.add_click((z, y, x), positive=True, class_id=1)  # raw array-order voxel index -> label map
     session.add_click((z, y, x), positive=False)  # a correction of the current class
     session.add_click_world((x, y, z))           # physical point in mm (ITK / LPS), like a click file's "world"
+    session.add_box((z0, y0, x0), (z1, y1, x1))  # equal coordinates along one axis: a 2D box on that slice
+    session.add_scribble([(z, y, x), ...], positive=False); session.add_lasso([(z, y, x), ...])  # lasso: one slice
+    session.set_mask(previous_mask)              # raw shape, [0, 1]; e.g. an edited session.class_mask()
     session.undo(); session.reset(); session.set_class(2); session.auto()   # auto: no-click prediction
     session.save_mask("out.nii.gz")              # the input's exact geometry, written atomically
 
@@ -31,7 +34,14 @@ What happens:
   model's automatic mode over the whole volume with nnU-Net's sliding window (``predict_unprompted``). It
   replaces that class's clicks; a later click starts a click-based prediction again (the decoder sees clicks,
   not previous masks). A prompt-free model (``nnUNetTrainerSAM3D_auto``) only supports ``auto()``.
-* ``undo()`` restores the state before the last ``add_click``/``auto``/``reset`` (no re-prediction);
+* Boxes, scribbles, lassos and a previous mask (``sam3d_nnunet.prompts.shapes``) join a class's prompts like
+  clicks: they reduce to sampler points with a prompt type plus a dense prompt (built in the raw grid, mapped
+  through the image's preprocessing), and re-predict the class without re-running the encoder. ``set_mask``
+  replaces the class's earlier mask prompt. A bad prompt (outside the image, a box of zero extent, a scribble of
+  fewer than two points, a self-intersecting or degenerate lasso, a mask of the wrong shape) raises
+  ``InferenceInputError`` in one line naming it and changes nothing.
+* ``undo()`` restores the state before the last ``add_click``/``add_box``/``add_scribble``/``add_lasso``/
+  ``set_mask``/``auto``/``reset`` (no re-prediction);
   ``reset()`` clears the current class (``reset(all_classes=True)``: every class).
 
 Errors (``InferenceInputError``, a ``ValueError``): an unreadable image (the file is named), a click outside
@@ -604,7 +614,8 @@ class InteractiveSession:
         return self.label_map
 
     def undo(self) -> np.ndarray:
-        """Restore the state before the last add_click / auto / reset (nothing to undo: unchanged)."""
+        """Restore the state before the last prompt (add_click, add_box, add_scribble, add_lasso, set_mask), auto or
+        reset (nothing to undo: unchanged)."""
         self._require_image()
         if self._history:
             saved, logits = self._history.pop()
