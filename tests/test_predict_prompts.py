@@ -79,3 +79,16 @@ def test_prompt_file_boxes_scribbles_lassos_and_masks_reach_the_network(tmp_path
     record = json.loads((tmp_path / "out" / "prompts.json").read_text())["cases"]["c"]["classes"]
     assert [p["type"] for p in record["1"]["prompts"]] == ["box", "scribble"]
     assert record["2"]["prompts"][0] == {"type": "mask", "voxels": int(mask.sum())}
+
+
+@pytest.mark.parametrize("shape_in, shape_out", [((7, 9, 11), (10, 6, 23)), ((8, 8, 8), (8, 8, 8)),
+                                                 ((5, 12, 9), (3, 31, 9))])
+def test_dense_prompts_resample_only_their_box_exactly_like_trilinear(shape_in, shape_out):
+    from sam3d_nnunet.inference.prompted_predictor import resample_nonzero_box
+    rng = np.random.default_rng(0)
+    x = torch.zeros(3, *shape_in)
+    x[0, 2:4, 3:7, 1:5] = torch.from_numpy(rng.random((2, 4, 4)).astype(np.float32))
+    x[2, -1, -2:, -3:] = 1.0
+    expected = torch.nn.functional.interpolate(x[None], size=shape_out, mode="trilinear", align_corners=False)[0]
+    torch.testing.assert_close(resample_nonzero_box(x, shape_out), expected, rtol=0, atol=1e-6)
+    assert not resample_nonzero_box(torch.zeros(1, *shape_in), shape_out).any()

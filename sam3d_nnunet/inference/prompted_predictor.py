@@ -127,10 +127,35 @@ def raw_dense_to_preprocessed(dense: Union[np.ndarray, torch.Tensor], properties
     dense = dense.permute(0, *[1 + a for a in transpose_forward])
     bbox = properties['bbox_used_for_cropping']
     dense = dense[(slice(None),) + tuple(slice(int(a), int(b)) for a, b in bbox)]
-    shape = tuple(int(s) for s in preprocessed_shape)
-    if tuple(dense.shape[1:]) != shape:
-        dense = torch.nn.functional.interpolate(dense[None], size=shape, mode="trilinear", align_corners=False)[0]
-    return dense.contiguous()
+    return resample_nonzero_box(dense, tuple(int(s) for s in preprocessed_shape))
+
+
+def resample_nonzero_box(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``F.interpolate(x[None], size=shape, mode="trilinear", align_corners=False)[0]`` for x [C, D, H, W],
+    computed only over the output voxels that the non-zero box of ``x`` reaches (elsewhere it is 0): a box or a
+    mask on a large image costs its own size, not the image's."""
+    out = x.new_zeros((x.shape[0], *shape))
+    nonzero = torch.nonzero(x.abs().amax(0))
+    if not len(nonzero):
+        return out
+    lo, hi = nonzero.min(0).values.tolist(), nonzero.max(0).values.tolist()
+    axes, crop = [], []
+    for n, m, a, b in zip(x.shape[1:], shape, lo, hi):
+        src = ((torch.arange(m, dtype=torch.float64) + 0.5) * (n / m) - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=n - 1)
+        i1 = (i0 + 1).clamp(max=n - 1)
+        reached = torch.nonzero((i0 <= b) & (i1 >= a))[:, 0]
+        j = slice(int(reached[0]), int(reached[-1]) + 1)
+        first = int(i0[j].min())
+        crop.append(slice(first, int(i1[j].max()) + 1))
+        axes.append((j, i0[j] - first, i1[j] - first, (src[j] - i0[j]).float()))
+    sub = x[(slice(None),) + tuple(crop)]
+    for axis, (_, i0, i1, w) in enumerate(axes):
+        view = [1] * 4
+        view[axis + 1] = -1
+        sub = sub.index_select(axis + 1, i0) * (1 - w).view(view) + sub.index_select(axis + 1, i1) * w.view(view)
+    out[(slice(None),) + tuple(j for j, *_ in axes)] = sub
+    return out
 
 
 def class_prompt_to_preprocessed(prompt: ClassPrompt, properties: dict, transpose_forward: Sequence[int],
