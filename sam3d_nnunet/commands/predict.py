@@ -220,11 +220,7 @@ def _raw_class_prompt(prompt, shape):
     """A class's raw prompt as a ``ClassPrompt`` (raw array order): prompts of a prompt file are encoded here
     (``encode_prompts``: points, types, dense prompt), simulated clicks already are one."""
     from sam3d_nnunet.inference.prompted_predictor import ClassPrompt
-    from sam3d_nnunet.prompts import encode_prompts
-    if isinstance(prompt, ClassPrompt):
-        return prompt
-    enc = encode_prompts(prompt, shape, validate=False)
-    return ClassPrompt(enc.points, enc.labels, enc.types, enc.dense)
+    return prompt if isinstance(prompt, ClassPrompt) else ClassPrompt.from_prompts(prompt, shape, validate=False)
 
 
 def _simulated_source(labels_folder: str, cases: Dict[str, List[str]], predictor, n_clicks: int,

@@ -91,6 +91,14 @@ class ClassPrompt:
         if self.dense is not None:
             self.dense = torch.as_tensor(self.dense, dtype=torch.float32)
 
+    @classmethod
+    def from_prompts(cls, prompts: Sequence, shape: Sequence[int], validate: bool = True) -> "ClassPrompt":
+        """The ``ClassPrompt`` of prompts of ``sam3d_nnunet.prompts.shapes`` (clicks, boxes, scribbles, lassos, a
+        mask) on an array of shape ``shape``, in that array's coordinates (``encode_prompts``)."""
+        from sam3d_nnunet.prompts.shapes import encode_prompts
+        enc = encode_prompts(prompts, shape, validate=validate)
+        return cls(enc.points, enc.labels, enc.types, enc.dense)
+
     @property
     def empty(self) -> bool:
         """No point and no dense prompt: the automatic mode of the class."""

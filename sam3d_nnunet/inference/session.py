@@ -75,7 +75,7 @@ from sam3d_nnunet.inference.prompted_predictor import (
     merge_class_probabilities,
 )
 from sam3d_nnunet.prompts.shapes import (BoxPrompt, ClickPrompt, LassoPrompt, MaskPrompt, Prompt, PromptError,
-                                         ScribblePrompt, encode_prompts, validate_prompt)
+                                         ScribblePrompt, validate_prompt)
 
 PathLike = Union[str, os.PathLike]
 _EDGE_TOL = 1e-6
@@ -564,8 +564,7 @@ class InteractiveSession:
         return self.add_click(index_xyz[::-1], positive, class_id)
 
     def _predict_prompts(self, prompts: List[Prompt], class_id: int) -> torch.Tensor:
-        enc = encode_prompts(prompts, self._raw_shape, validate=False)
-        pre = class_prompt_to_preprocessed(ClassPrompt(enc.points, enc.labels, enc.types, enc.dense),
+        pre = class_prompt_to_preprocessed(ClassPrompt.from_prompts(prompts, self._raw_shape, validate=False),
                                            self._properties, self.plans_manager.transpose_forward,
                                            self._data.shape[1:])
         out = self.predictor.predict_preprocessed(self._data, {class_id: pre})
