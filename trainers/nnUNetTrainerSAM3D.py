@@ -53,17 +53,17 @@ oversampling, splits, logging, checkpoint schedule, is inherited unchanged):
 
 Variants (attributes only):
 
-==============================  =====================================================================
-``nnUNetTrainerSAM3D``          adapters (the plans' ``finetune``, 'adapter' by default), 500 epochs x 250
-``nnUNetTrainerSAM3D_full``     full fine-tuning
-``nnUNetTrainerSAM3D_LoRA``     LoRA (rank from the plans, 8 by default) instead of adapters
-``nnUNetTrainerSAM3D_auto``     prompt-free: trains and validates without clicks (nnU-Net's multi-class
-                                Dice + CE on ``forward(image)``; only ``validation/``, no prompted folder)
-``nnUNetTrainerSAM3D_allprompts`` every prompt type in training (``prompt_mix``: clicks 0.4, boxes, scribbles,
-                                lassos 0.2 each; previous masks in half the correction passes)
-``nnUNetTrainerSAM3D_1epoch``   1 epoch x 5 iterations, 2 validation iterations (CI smoke runs)
-``nnUNetTrainerSAM3D_5epochs``  5 epochs x 5 iterations, 2 validation iterations, a checkpoint every epoch
-==============================  =====================================================================
+==================================  =====================================================================
+``nnUNetTrainerSAM3D``              adapters (the plans' ``finetune``, 'adapter' by default), 500 epochs x 250
+``nnUNetTrainerSAM3D_full``         full fine-tuning
+``nnUNetTrainerSAM3D_LoRA``         LoRA (rank from the plans, 8 by default) instead of adapters
+``nnUNetTrainerSAM3D_auto``         prompt-free: trains and validates without clicks (nnU-Net's multi-class
+                                    Dice + CE on ``forward(image)``; only ``validation/``, no prompted folder)
+``nnUNetTrainerSAM3D_allprompts``   every prompt type in training (``prompt_mix``: clicks 0.4, boxes, scribbles,
+                                    lassos 0.2 each; previous masks in half the correction passes)
+``nnUNetTrainerSAM3D_1epoch``       1 epoch x 5 iterations, 2 validation iterations (CI smoke runs)
+``nnUNetTrainerSAM3D_5epochs``      5 epochs x 5 iterations, 2 validation iterations, a checkpoint every epoch
+==================================  =====================================================================
 """
 from __future__ import annotations
 
