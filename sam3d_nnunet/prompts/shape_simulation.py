@@ -113,8 +113,12 @@ def _walk(region: np.ndarray, rng: np.random.Generator, steps: int) -> np.ndarra
 
 
 def _band(obj: np.ndarray, valid: Optional[np.ndarray], width: int) -> np.ndarray:
+    """Voxels within ``width`` dilation steps of the object, outside it (computed in its padded bounding box)."""
     from scipy.ndimage import binary_dilation
-    band = binary_dilation(obj, iterations=width) & ~obj
+    nz = np.nonzero(obj)
+    box = tuple(slice(max(0, int(a.min()) - width - 1), int(a.max()) + width + 2) for a in nz)
+    band = np.zeros_like(obj, dtype=bool)
+    band[box] = binary_dilation(obj[box], iterations=width) & ~obj[box]
     return band if valid is None else band & valid
 
 
