@@ -102,7 +102,7 @@ def test_malformed_entries_name_the_file_case_class_and_prompt(tmp_path, entry, 
 
 
 @pytest.mark.parametrize("prompt, message", [
-    (FilePrompt("box", ((0, 0, 0), (20, 3, 3))), "box point 1 at voxel .* falls outside the image"),
+    (FilePrompt("box", ((0, 0, 0), (20, 3, 3))), r"prompt 0 \(box\) point 1 at voxel .* falls outside the image"),
     (FilePrompt("box", ((0, 0, 1), (5, 0, 1))), "prompt 0: box: .*zero extent"),
     (FilePrompt("scribble", ((1, 1, 1), (1, 1, 1))), "prompt 0: scribble: needs at least two distinct"),
     (FilePrompt("lasso", ((0, 0, 1), (5, 5, 1), (0, 5, 1), (5, 0, 1))), "prompt 0: lasso: the contour intersects"),

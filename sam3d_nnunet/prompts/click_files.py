@@ -335,6 +335,7 @@ def to_array_indices(
     case_id: str | None = None,
     class_id: int | None = None,
     what: str = "click",
+    start: int = 0,
 ) -> np.ndarray:
     """Map click-file points to continuous indices in numpy ARRAY order (z, y, x) of
     ``sitk.GetArrayFromImage(image)``.
@@ -366,7 +367,7 @@ def to_array_indices(
         if np.any(idx < -0.5 - _EDGE_TOL) or np.any(idx > size - 0.5 + _EDGE_TOL):
             unit = "mm" if coordinate_system == "world" else "voxel (x, y, z)"
             raise ValueError(
-                f"{who}: {what} {i} at {unit} {p.tolist()} falls outside the image "
+                f"{who}: {what} {start + i} at {unit} {p.tolist()} falls outside the image "
                 f"(continuous index (x, y, z) {np.round(idx, 3).tolist()}, image size {size.astype(int).tolist()})")
         out[i] = idx[::-1]
     return out
@@ -427,8 +428,9 @@ def case_prompts(click_file: ClickFile, case_id: str, image: Any) -> dict[int, l
                     prompt = MaskPrompt(_read_mask(entry.file, click_file.source_dir, shape))
                 else:
                     points = entry.points if isinstance(entry, FilePrompt) else [entry.point]
-                    pts = _snap_plane(to_array_indices(points, image, click_file.coordinate_system,
-                                                       case_id=case_id, class_id=int(cls), what=f"{kind} point"))
+                    named = {"what": "click", "start": i} if kind == "click" else {"what": f"prompt {i} ({kind}) point"}
+                    pts = _snap_plane(to_array_indices(points, image, click_file.coordinate_system, case_id=case_id,
+                                                       class_id=int(cls), **named))
                     prompt = {"click": lambda: ClickPrompt(pts[0], entry.positive),
                               "box": lambda: BoxPrompt(pts[0], pts[1], entry.positive),
                               "scribble": lambda: ScribblePrompt(pts, entry.positive),
