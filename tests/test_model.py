@@ -129,7 +129,9 @@ def test_gradients_reach_exactly_the_trainable_tensors(policy):
     image = torch.randn(2, 1, 16, 24, 32)
     clicks = torch.tensor([[[3.0, 5.0, 7.0], [10.0, 2.0, 30.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
     labels = torch.tensor([[1, 0], [-1, -1]])  # the second sample has no click: the no-click path
-    logits = model(image, clicks, labels, torch.tensor([1, 2]))
+    types = torch.tensor([[1, 2], [0, 0]])  # prompt types and a dense prompt reach their extensions
+    dense = torch.rand(2, 3, 16, 24, 32, generator=torch.Generator().manual_seed(1))
+    logits = model(image, clicks, labels, torch.tensor([1, 2]), types, dense)
     target = torch.randint(0, 2, (2, 16, 24, 32), generator=torch.Generator().manual_seed(0))
     F.cross_entropy(logits, target).backward()
 

@@ -28,7 +28,7 @@ from tiny_plans import DATASET_JSON, tiny_plans
 
 BIN = Path(sys.executable).parent
 VARIANTS = ["nnUNetTrainerSAM3D", "nnUNetTrainerSAM3D_full", "nnUNetTrainerSAM3D_LoRA", "nnUNetTrainerSAM3D_auto",
-            "nnUNetTrainerSAM3D_1epoch", "nnUNetTrainerSAM3D_5epochs"]
+            "nnUNetTrainerSAM3D_allprompts", "nnUNetTrainerSAM3D_1epoch", "nnUNetTrainerSAM3D_5epochs"]
 
 
 def _exe(name: str) -> str:

@@ -23,6 +23,10 @@ oversampling, splits, logging, checkpoint schedule, is inherited unchanged):
   epoch from (prompt_seed, fold, epoch). On a share ``p_correction`` (0.5) of the steps a correction pass runs
   first: a prediction without gradient, one correction click at the centre of the largest error region
   (``add_correction_clicks``), then the loss step with the extra click (one encoder pass serves both).
+* other prompts: ``prompt_mix`` (default ``{'click': 1.0}``, the paper) weights the prompt each sample gets
+  (``simulate_prompt_batch``: boxes, scribbles, lassos replace a sample's positive clicks; same RNG), and
+  ``prompt_mix['mask']`` is the share of samples of a correction pass that also get its prediction as the
+  previous mask (``add_correction_prompts``).
 * online validation (pseudo-Dice): every foreground class present in a sample gets one random positive click
   (seeded), the per-class masks are merged (highest probability > 0.5 wins) and nnU-Net's TP/FP/FN are
   counted on the merged map.
@@ -49,15 +53,17 @@ oversampling, splits, logging, checkpoint schedule, is inherited unchanged):
 
 Variants (attributes only):
 
-==============================  =====================================================================
-``nnUNetTrainerSAM3D``          adapters (the plans' ``finetune``, 'adapter' by default), 500 epochs x 250
-``nnUNetTrainerSAM3D_full``     full fine-tuning
-``nnUNetTrainerSAM3D_LoRA``     LoRA (rank from the plans, 8 by default) instead of adapters
-``nnUNetTrainerSAM3D_auto``     prompt-free: trains and validates without clicks (nnU-Net's multi-class
-                                Dice + CE on ``forward(image)``; only ``validation/``, no prompted folder)
-``nnUNetTrainerSAM3D_1epoch``   1 epoch x 5 iterations, 2 validation iterations (CI smoke runs)
-``nnUNetTrainerSAM3D_5epochs``  5 epochs x 5 iterations, 2 validation iterations, a checkpoint every epoch
-==============================  =====================================================================
+==================================  =====================================================================
+``nnUNetTrainerSAM3D``              adapters (the plans' ``finetune``, 'adapter' by default), 500 epochs x 250
+``nnUNetTrainerSAM3D_full``         full fine-tuning
+``nnUNetTrainerSAM3D_LoRA``         LoRA (rank from the plans, 8 by default) instead of adapters
+``nnUNetTrainerSAM3D_auto``         prompt-free: trains and validates without clicks (nnU-Net's multi-class
+                                    Dice + CE on ``forward(image)``; only ``validation/``, no prompted folder)
+``nnUNetTrainerSAM3D_allprompts``   every prompt type in training (``prompt_mix``: clicks 0.4, boxes, scribbles,
+                                    lassos 0.2 each; previous masks in half the correction passes)
+``nnUNetTrainerSAM3D_1epoch``       1 epoch x 5 iterations, 2 validation iterations (CI smoke runs)
+``nnUNetTrainerSAM3D_5epochs``      5 epochs x 5 iterations, 2 validation iterations, a checkpoint every epoch
+==================================  =====================================================================
 """
 from __future__ import annotations
 
@@ -94,7 +100,9 @@ from sam3d_nnunet.inference.prompted_predictor import (ClassPrompt, PromptedPred
 from sam3d_nnunet.evaluation.validation_folders import migrate_old_layout, prompted_folder_name
 from sam3d_nnunet.model.precision import autocast as precision_autocast
 from sam3d_nnunet.model.precision import resolve_precision
-from sam3d_nnunet.prompts.simulation import add_correction_clicks, protocol_clicks, simulate_training_prompts
+from sam3d_nnunet.prompts.shape_simulation import (PromptBatch, add_correction_prompts, check_mix,
+                                                   simulate_prompt_batch)
+from sam3d_nnunet.prompts.simulation import protocol_clicks
 
 CHECKPOINT_STEMS = ("checkpoint_latest", "checkpoint_best", "checkpoint_final")  # nnU-Net's checkpoint files
 
@@ -138,6 +146,10 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     p_no_click: float = 0.2
     p_correction: float = 0.5  # share of training steps with a correction pass
     prompt_seed: int = 12345
+    # which prompt each sample gets (sam3d_nnunet.prompts.shape_simulation): weights of 'click', 'box', 'scribble',
+    # 'lasso', and 'mask' = probability that a correction pass also passes its own prediction as the previous mask.
+    # {'click': 1.0}: clicks only, the paper (and exactly the click simulation of earlier versions)
+    prompt_mix: dict = {"click": 1.0}
 
     # ---- validation -----------------------------------------------------------------------------
     val_clicks_per_class: int = 1
@@ -159,6 +171,7 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
         if self.label_manager.has_regions:
             raise NotImplementedError("region-based training is not supported by the SAM3D trainers")
         self.prompt_rng = np.random.default_rng(self._rng_seed(0))
+        self.prompt_mix = check_mix(self.prompt_mix)
         self.val_rng = np.random.default_rng(self._rng_seed(0, validation=True))
         self._trainable: List[nn.Parameter] = []
 
@@ -240,21 +253,23 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
         return precision_autocast(self.device, self.precision)
 
     def _prompted_forward(self, data: torch.Tensor, target: torch.Tensor, correction: bool):
-        """Clicks from the augmented target, optional correction pass; returns (logits, binary target)."""
+        """Prompts of ``prompt_mix`` from the augmented target, optional correction pass (a correction click and,
+        with probability ``prompt_mix['mask']``, its own prediction as the previous mask); returns (logits,
+        binary target)."""
         net = self._net()
-        clicks, click_labels, target_class, bin_target = simulate_training_prompts(
-            target, self.label_manager.foreground_labels, self.prompt_rng, self.max_positive_clicks,
-            self.max_negative_clicks, self.p_no_click, self.label_manager.ignore_label)
+        prompts = simulate_prompt_batch(target, self.label_manager.foreground_labels, self.prompt_rng,
+                                        self.prompt_mix, self.max_positive_clicks, self.max_negative_clicks,
+                                        self.p_no_click, self.label_manager.ignore_label)
+        prompts = PromptBatch(*(None if t is None else t.to(self.device, non_blocking=True) for t in prompts))
         data = data.to(self.device, non_blocking=True)
-        clicks, click_labels = clicks.to(self.device), click_labels.to(self.device)
-        target_class, bin_target = target_class.to(self.device), bin_target.to(self.device)
         features = net.encode(data)
         if correction:
             with torch.no_grad():
-                first = net.decode(features, clicks, click_labels, target_class)
-            clicks, click_labels = add_correction_clicks(first.argmax(1, keepdim=True), bin_target, clicks,
-                                                         click_labels, ignore_label=self.label_manager.ignore_label)
-        return net.decode(features, clicks, click_labels, target_class), bin_target
+                first = net.decode(features, *prompts[:2], prompts.target_class, *prompts[2:4])
+            prompts = add_correction_prompts(first.argmax(1, keepdim=True), prompts, self.prompt_rng,
+                                             self.prompt_mix.get("mask", 0.0),
+                                             ignore_label=self.label_manager.ignore_label)
+        return net.decode(features, *prompts[:2], prompts.target_class, *prompts[2:4]), prompts.binary_target
 
     def train_step(self, batch: dict) -> dict:
         data, target = batch['data'], batch['target']
@@ -539,6 +554,11 @@ class nnUNetTrainerSAM3D_auto(nnUNetTrainerSAM3D):
     use_prompts = False
 
 
+class nnUNetTrainerSAM3D_allprompts(nnUNetTrainerSAM3D):
+    """Trains with every prompt type: clicks, boxes, scribbles, lassos, and previous masks in correction passes."""
+    prompt_mix = {"click": 0.4, "box": 0.2, "scribble": 0.2, "lasso": 0.2, "mask": 0.5}
+
+
 class nnUNetTrainerSAM3D_1epoch(nnUNetTrainerSAM3D):
     """Smoke test: 1 epoch of 5 iterations (2 validation iterations)."""
     sam_num_epochs = 1
@@ -555,4 +575,5 @@ class nnUNetTrainerSAM3D_5epochs(nnUNetTrainerSAM3D):
 
 
 __all__ = ["nnUNetTrainerSAM3D", "nnUNetTrainerSAM3D_full", "nnUNetTrainerSAM3D_LoRA", "nnUNetTrainerSAM3D_auto",
+           "nnUNetTrainerSAM3D_allprompts",
            "nnUNetTrainerSAM3D_1epoch", "nnUNetTrainerSAM3D_5epochs"]

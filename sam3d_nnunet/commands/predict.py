@@ -16,15 +16,16 @@ direction; nnU-Net's export), with ``--save_probabilities`` also nnU-Net's ``<ca
 and ``<case>.pkl`` (properties). For a prompted model the ``.npz`` holds the softmax of the merged per-class
 probabilities nnU-Net's export computes (same argmax, not calibrated; see ``PromptedPredictor``). The output
 folder also receives ``dataset.json`` and ``plans.json`` (as nnU-Net's predictor writes them) and
-``prompts.json``: the clicks used per case (raw array-order voxel indices, 1 positive / 0 negative) or
-``"auto"``. Every file is written under a temporary name and renamed into place; a rerun skips cases whose
+``prompts.json``: the clicks used per case (raw array-order voxel indices, 1 positive / 0 negative; a prompt
+file's other prompts under ``"prompts"``) or ``"auto"``. Every file is written under a temporary name and renamed into place; a rerun skips cases whose
 output exists (``--overwrite`` predicts them again).
 
 Prompts (exactly one):
 
-* ``--clicks CLICKS.json``: a click file (``sam3d_nnunet.prompts.click_files``: per case, per class, clicks with
-  ``positive`` flags; ``coordinate_system`` "voxel" = (x, y, z) index of the raw image, ITK order, or "world" =
-  physical mm, ITK/LPS). A class with an empty click list is predicted in automatic mode; classes not listed are
+* ``--clicks PROMPTS.json``: a prompt file (``sam3d_nnunet.prompts.click_files``: per case, per class, clicks,
+  boxes, scribbles, lassos and masks (version 2; version-1 click files are read too) with ``positive`` flags;
+  ``coordinate_system`` "voxel" = (x, y, z) index of the raw image, ITK order, or "world" = physical mm,
+  ITK/LPS). A class with an empty prompt list is predicted in automatic mode; classes not listed are
   background. A case in the click file with no image in the input folder is an ERROR (nothing is predicted);
   an input image with no entry in the click file is skipped with a WARNING (no output for it).
 * ``--simulate-clicks LABELS_FOLDER``: ``--n-clicks`` (1) uniformly random voxels of every class present in
@@ -183,9 +184,8 @@ class _Sources:
 
 def _click_file_prompts(path: str, cases: Dict[str, List[str]], predictor) -> _Sources:
     from sam3d_nnunet.inference.io import ImageGeometry, InferenceInputError, reader_uses_itk_index_order
-    from sam3d_nnunet.inference.prompted_predictor import ClassPrompt
     from sam3d_nnunet.inference.session import check_class
-    from sam3d_nnunet.prompts import case_clicks_to_arrays, read_click_file
+    from sam3d_nnunet.prompts import case_prompts, read_click_file
 
     click_file = read_click_file(path)  # ClickFileError names the file and the place
     reader_class = predictor.plans_manager.image_reader_writer_class
@@ -209,11 +209,18 @@ def _click_file_prompts(path: str, cases: Dict[str, List[str]], predictor) -> _S
             check_class(c, predictor, f"click file '{path}', case {case!r}: ")
         geometry = ImageGeometry.from_file(cases[case][0])
         try:
-            arrays = case_clicks_to_arrays(click_file, case, geometry)
+            prompts = case_prompts(click_file, case, geometry)  # every prompt checked against its image
         except ValueError as e:
             raise InferenceInputError(f"click file '{path}': {e} ({cases[case][0]})") from None
-        raw[case] = {c: (ClassPrompt(pts, labels) if len(pts) else None) for c, (pts, labels) in arrays.items()}
+        raw[case] = {c: (p if len(p) else None) for c, p in prompts.items()}
     return _Sources("clicks", raw)
+
+
+def _raw_class_prompt(prompt, shape):
+    """A class's raw prompt as a ``ClassPrompt`` (raw array order): prompts of a prompt file are encoded here
+    (``encode_prompts``: points, types, dense prompt), simulated clicks already are one."""
+    from sam3d_nnunet.inference.prompted_predictor import ClassPrompt
+    return prompt if isinstance(prompt, ClassPrompt) else ClassPrompt.from_prompts(prompt, shape, validate=False)
 
 
 def _simulated_source(labels_folder: str, cases: Dict[str, List[str]], predictor, n_clicks: int,
@@ -255,9 +262,17 @@ def _simulate_case(source: _Sources, case: str, predictor, image_shape, image_fi
 
 
 def _record(prompts: Dict[int, object]) -> dict:
-    return {"classes": {str(c): ({"auto": True} if p is None else
-                                 {"clicks_raw_voxel": p.clicks.tolist(), "labels": p.labels.tolist()})
-                        for c, p in sorted(prompts.items())}}
+    def one(p) -> dict:
+        if p is None:
+            return {"auto": True}
+        if isinstance(p, list):  # a prompt file's prompts (raw array order): its clicks, then every prompt
+            clicks = [q for q in p if isinstance(q, ClickPrompt)]
+            out = {"clicks_raw_voxel": [list(q.point) for q in clicks], "labels": [int(q.positive) for q in clicks]}
+            return out if len(clicks) == len(p) else {**out, "prompts": [describe_prompt(q) for q in p]}
+        return {"clicks_raw_voxel": p.clicks.tolist(), "labels": p.labels.tolist()}
+
+    from sam3d_nnunet.prompts.shapes import ClickPrompt, describe_prompt
+    return {"classes": {str(c): one(p) for c, p in sorted(prompts.items())}}
 
 
 # ================================================================================================ the run
@@ -281,7 +296,7 @@ def predict_folder(predictor, input_folder: str, output_folder: str, *, clicks_f
     from sam3d_nnunet.atomic import remove_stale_temporaries, save_json_atomic
     from sam3d_nnunet.inference.io import (InferenceInputError, _quiet, export_prediction_atomic,
                                            geometry_from_properties, read_images, reader_uses_itk_index_order)
-    from sam3d_nnunet.inference.prompted_predictor import ClassPrompt, raw_to_preprocessed_coords
+    from sam3d_nnunet.inference.prompted_predictor import class_prompt_to_preprocessed
     from sam3d_nnunet.inference.session import predict_case
 
     if sum([clicks_file is not None, simulate_labels is not None, bool(auto)]) != 1:
@@ -345,8 +360,8 @@ def predict_folder(predictor, input_folder: str, output_folder: str, *, clicks_f
         with _quiet():
             pre, _, properties = preprocessor.run_case_npy(data, None, properties, pm, cm, dj)
         prompts = {c: (None if p is None else
-                       ClassPrompt(raw_to_preprocessed_coords(p.clicks, properties, pm.transpose_forward,
-                                                              pre.shape[1:]), p.labels))
+                       class_prompt_to_preprocessed(_raw_class_prompt(p, data.shape[1:]), properties,
+                                                    pm.transpose_forward, pre.shape[1:]))
                    for c, p in raw_prompts.items()}
         output = predict_case(predictor, pre, prompts)
         remove_stale_temporaries(output_folder, case)

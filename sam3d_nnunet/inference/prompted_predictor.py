@@ -9,8 +9,10 @@ label 1 positive / 0 negative):
 
 1. the image is padded to at least the patch size like nnU-Net's sliding window does (``pad_nd_image``,
    constant 0, centred); clicks shift with the padding;
-2. the first window is the patch-sized box centred on the mean of the positive clicks (of all clicks if there
-   is no positive one), shifted inside the image;
+2. the first window is the patch-sized box centred on the mean of the positive clicks (without one: on the
+   centroid of the dense prompt's previous mask and positive regions if there are any, else on the mean of all
+   clicks), shifted inside the image; boxes, scribbles and lassos arrive as clicks with a prompt type (``types``)
+   and the dense prompt (``dense``, cropped with each window), see ``ClassPrompt``;
 3. the window is encoded (features are cached per window position, so classes prompted in the same window
    share one encoder pass) and decoded with the clicks that fall inside it (in window coordinates);
 4. if the window's predicted mask touches one of its faces that is not the image border, a neighbour window
@@ -65,10 +67,15 @@ from sam3d_nnunet.prompts.simulation import case_class_seed, protocol_clicks
 
 @dataclass
 class ClassPrompt:
-    """Clicks for one class: ``clicks`` (n, 3) float array-order voxel coordinates, ``labels`` (n,) 1/0."""
+    """The prompts of one class as the network reads them (``sam3d_nnunet.prompts.shapes.encode_prompts``):
+    ``clicks`` (n, 3) float array-order voxel coordinates (clicks and the points sampled from boxes, scribbles,
+    lassos), ``labels`` (n,) 1/0, ``types`` (n,) prompt-type ids (None: all clicks) and ``dense`` the dense
+    prompt [3, *shape] of the same array (None: no box, lasso or mask)."""
 
     clicks: np.ndarray
     labels: np.ndarray
+    types: Optional[np.ndarray] = None
+    dense: Optional[Union[np.ndarray, torch.Tensor]] = None
 
     def __post_init__(self):
         self.clicks = np.asarray(self.clicks, dtype=np.float64).reshape(-1, 3)
@@ -77,6 +84,25 @@ class ClassPrompt:
             raise ValueError(f"{len(self.clicks)} clicks but {len(self.labels)} labels")
         if np.any((self.labels != 0) & (self.labels != 1)):
             raise ValueError("click labels must be 1 (positive) or 0 (negative)")
+        self.types = (np.zeros(len(self.labels), np.int64) if self.types is None
+                      else np.asarray(self.types, dtype=np.int64).reshape(-1))
+        if len(self.types) != len(self.labels):
+            raise ValueError(f"{len(self.types)} prompt types for {len(self.labels)} points")
+        if self.dense is not None:
+            self.dense = torch.as_tensor(self.dense, dtype=torch.float32)
+
+    @classmethod
+    def from_prompts(cls, prompts: Sequence, shape: Sequence[int], validate: bool = True) -> "ClassPrompt":
+        """The ``ClassPrompt`` of prompts of ``sam3d_nnunet.prompts.shapes`` (clicks, boxes, scribbles, lassos, a
+        mask) on an array of shape ``shape``, in that array's coordinates (``encode_prompts``)."""
+        from sam3d_nnunet.prompts.shapes import encode_prompts
+        enc = encode_prompts(prompts, shape, validate=validate)
+        return cls(enc.points, enc.labels, enc.types, enc.dense)
+
+    @property
+    def empty(self) -> bool:
+        """No point and no dense prompt: the automatic mode of the class."""
+        return len(self.clicks) == 0 and self.dense is None
 
 
 @dataclass
@@ -98,6 +124,55 @@ def raw_to_preprocessed_coords(points: np.ndarray, properties: dict, transpose_f
     scale = np.asarray(preprocessed_shape, dtype=np.float64) / after_crop
     p = (p + 0.5) * scale[None] - 0.5
     return np.clip(p, 0, np.asarray(preprocessed_shape, dtype=np.float64)[None] - 1)
+
+
+def raw_dense_to_preprocessed(dense: Union[np.ndarray, torch.Tensor], properties: dict,
+                              transpose_forward: Sequence[int], preprocessed_shape: Sequence[int]) -> torch.Tensor:
+    """A dense prompt [C, *raw shape] (reader array order) through the image's preprocessing: transpose, crop to
+    the non-zero box (``bbox_used_for_cropping``), trilinear resampling to the preprocessed shape (voxel centres
+    aligned, ``align_corners=False``, the convention of ``raw_to_preprocessed_coords``)."""
+    dense = torch.as_tensor(dense, dtype=torch.float32)
+    dense = dense.permute(0, *[1 + a for a in transpose_forward])
+    bbox = properties['bbox_used_for_cropping']
+    dense = dense[(slice(None),) + tuple(slice(int(a), int(b)) for a, b in bbox)]
+    return resample_nonzero_box(dense, tuple(int(s) for s in preprocessed_shape))
+
+
+def resample_nonzero_box(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``F.interpolate(x[None], size=shape, mode="trilinear", align_corners=False)[0]`` for x [C, D, H, W],
+    computed only over the output voxels that the non-zero box of ``x`` reaches (elsewhere it is 0): a box or a
+    mask on a large image costs its own size, not the image's."""
+    out = x.new_zeros((x.shape[0], *shape))
+    nonzero = torch.nonzero(x.abs().amax(0))
+    if not len(nonzero):
+        return out
+    lo, hi = nonzero.min(0).values.tolist(), nonzero.max(0).values.tolist()
+    axes, crop = [], []
+    for n, m, a, b in zip(x.shape[1:], shape, lo, hi):
+        src = ((torch.arange(m, dtype=torch.float64) + 0.5) * (n / m) - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=n - 1)
+        i1 = (i0 + 1).clamp(max=n - 1)
+        reached = torch.nonzero((i0 <= b) & (i1 >= a))[:, 0]
+        j = slice(int(reached[0]), int(reached[-1]) + 1)
+        first = int(i0[j].min())
+        crop.append(slice(first, int(i1[j].max()) + 1))
+        axes.append((j, i0[j] - first, i1[j] - first, (src[j] - i0[j]).float()))
+    sub = x[(slice(None),) + tuple(crop)]
+    for axis, (_, i0, i1, w) in enumerate(axes):
+        view = [1] * 4
+        view[axis + 1] = -1
+        sub = sub.index_select(axis + 1, i0) * (1 - w).view(view) + sub.index_select(axis + 1, i1) * w.view(view)
+    out[(slice(None),) + tuple(j for j, *_ in axes)] = sub
+    return out
+
+
+def class_prompt_to_preprocessed(prompt: ClassPrompt, properties: dict, transpose_forward: Sequence[int],
+                                 preprocessed_shape: Sequence[int]) -> ClassPrompt:
+    """A ``ClassPrompt`` in raw voxel indices (reader array order) mapped into the preprocessed array."""
+    dense = None if prompt.dense is None else raw_dense_to_preprocessed(prompt.dense, properties, transpose_forward,
+                                                                        preprocessed_shape)
+    return ClassPrompt(raw_to_preprocessed_coords(prompt.clicks, properties, transpose_forward, preprocessed_shape),
+                       prompt.labels, prompt.types, dense)
 
 
 def protocol_prompts_from_label(label: np.ndarray, case_id: str, foreground_labels: Iterable[int],
@@ -241,9 +316,16 @@ class PromptedPredictor:
             if c not in self.label_manager.foreground_labels:
                 raise ValueError(f"prompt for class {c}, which is not a foreground label of this dataset "
                                  f"{self.label_manager.foreground_labels}")
-            if len(prompt.clicks) == 0:
+            if prompt.empty:
                 continue
-            p, windows, hit = self._predict_class(padded, prompt.clicks + offset[None], prompt.labels, c, cache)
+            dense = None
+            if prompt.dense is not None:
+                if tuple(prompt.dense.shape[1:]) != shape:
+                    raise ValueError(f"class {c}: dense prompt of shape {tuple(prompt.dense.shape)} for an image of "
+                                     f"shape {shape}")
+                dense = pad_nd_image(prompt.dense, self.patch_size, 'constant', {'value': 0}, False, None)
+            p, windows, hit = self._predict_class(padded, prompt.clicks + offset[None], prompt.labels, c, cache,
+                                                  prompt.types, dense)
             probs[c] = p[tuple(slicer[1:])]
             report.windows[c] = windows
             report.hit_window_limit[c] = hit
@@ -261,9 +343,8 @@ class PromptedPredictor:
                                                     self.configuration_manager, self.dataset_json)
         prompts = None
         if prompts_raw is not None:
-            prompts = {c: ClassPrompt(raw_to_preprocessed_coords(p.clicks, properties,
-                                                                 self.plans_manager.transpose_forward,
-                                                                 data.shape[1:]), p.labels)
+            prompts = {c: class_prompt_to_preprocessed(p, properties, self.plans_manager.transpose_forward,
+                                                       data.shape[1:])
                        for c, p in prompts_raw.items()}
         out = self.predict_preprocessed(data, prompts)
         if output_file_truncated is not None:
@@ -306,8 +387,10 @@ class PromptedPredictor:
         return feats
 
     def _predict_class(self, image: torch.Tensor, clicks: np.ndarray, labels: np.ndarray, class_id: int,
-                       cache) -> Tuple[torch.Tensor, List[Tuple[int, ...]], bool]:
-        """Probability map [*padded shape] of ``class_id`` (CPU float32), windows used, limit hit."""
+                       cache, types: Optional[np.ndarray] = None, dense: Optional[torch.Tensor] = None
+                       ) -> Tuple[torch.Tensor, List[Tuple[int, ...]], bool]:
+        """Probability map [*padded shape] of ``class_id`` (CPU float32), windows used, limit hit. ``types``:
+        prompt type per point; ``dense``: the padded dense prompt [3, *padded shape]."""
         from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
         P = np.array(self.patch_size)
@@ -323,8 +406,14 @@ class PromptedPredictor:
         def clamp_start(start):
             return tuple(int(v) for v in np.clip(np.round(start), 0, S - P))
 
+        types = np.zeros(len(labels), np.int64) if types is None else types
         positives = clicks[labels == 1]
-        anchor = positives.mean(0) if len(positives) else clicks.mean(0)
+        if len(positives):
+            anchor = positives.mean(0)
+        elif dense is not None and bool((dense[:2] > 0.5).any()) or not len(clicks):  # a mask, a box or a lasso
+            anchor = _dense_anchor(dense)
+        else:
+            anchor = clicks.mean(0)
         queue: List[tuple] = [clamp_start(anchor - P / 2)]
         propagated: List[np.ndarray] = []
         done: List[tuple] = []
@@ -341,12 +430,18 @@ class PromptedPredictor:
             sl = tuple(slice(a, a + p) for a, p in zip(start, P))
             all_clicks = np.concatenate([clicks, np.array(propagated).reshape(-1, 3)]) if propagated else clicks
             all_labels = np.concatenate([labels, np.ones(len(propagated), np.int64)]) if propagated else labels
+            all_types = np.concatenate([types, np.zeros(len(propagated), np.int64)]) if propagated else types
             local = all_clicks - st[None]
             inside = np.all((local >= 0) & (local <= P[None] - 1), axis=1)
             feats = self._encode(image[(slice(None),) + sl], start, cache)
             c_t = torch.from_numpy(local[inside].astype(np.float32))[None].to(self.device)
             l_t = torch.from_numpy(all_labels[inside].astype(np.int64))[None].to(self.device)
-            logits = self.network.decode(feats, c_t, l_t, torch.tensor([class_id], device=self.device))[0]
+            extra = {}  # only what is there: a clicks-only prompt calls decode exactly as before
+            if all_types[inside].any():
+                extra["point_types"] = torch.from_numpy(all_types[inside].astype(np.int64))[None].to(self.device)
+            if dense is not None:
+                extra["dense_prompt"] = dense[(slice(None),) + sl][None].to(self.device)
+            logits = self.network.decode(feats, c_t, l_t, torch.tensor([class_id], device=self.device), **extra)[0]
             logits = logits.float().cpu()
             logit_sum[(slice(None),) + sl] += logits * weight[None]
             weight_sum[sl] += weight
@@ -383,6 +478,16 @@ class PromptedPredictor:
             warnings.warn(f"class {class_id}: stopped at {self.max_windows_per_class} windows")
         return prob, done, hit_limit
 
+
+def _dense_anchor(dense: torch.Tensor) -> np.ndarray:
+    """Where a prompt without points (a mask) centres its first window: the centroid of its previous mask and
+    positive regions (of any non-zero value if those are empty)."""
+    positive = dense[:2].amax(0) > 0.5
+    if not positive.any():
+        positive = dense.abs().amax(0) > 0
+    if not positive.any():
+        return (np.array(dense.shape[1:], dtype=np.float64) - 1) / 2
+    return torch.nonzero(positive).double().mean(0).numpy()
 
 
 def _initialize_from_slim_checkpoints(base, model_folder: str, checkpoints: dict, checkpoint_name: str) -> None:

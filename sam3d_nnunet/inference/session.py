@@ -10,6 +10,9 @@
     mask = session.add_click((z, y, x), positive=True, class_id=1)  # raw array-order voxel index -> label map
     session.add_click((z, y, x), positive=False)  # a correction of the current class
     session.add_click_world((x, y, z))           # physical point in mm (ITK / LPS), like a click file's "world"
+    session.add_box((z0, y0, x0), (z1, y1, x1))  # equal coordinates along one axis: a 2D box on that slice
+    session.add_scribble([(z, y, x), ...], positive=False); session.add_lasso([(z, y, x), ...])  # lasso: one slice
+    session.set_mask(previous_mask)              # raw shape, [0, 1]; e.g. an edited session.class_mask()
     session.undo(); session.reset(); session.set_class(2); session.auto()   # auto: no-click prediction
     session.save_mask("out.nii.gz")              # the input's exact geometry, written atomically
 
@@ -31,7 +34,14 @@ What happens:
   model's automatic mode over the whole volume with nnU-Net's sliding window (``predict_unprompted``). It
   replaces that class's clicks; a later click starts a click-based prediction again (the decoder sees clicks,
   not previous masks). A prompt-free model (``nnUNetTrainerSAM3D_auto``) only supports ``auto()``.
-* ``undo()`` restores the state before the last ``add_click``/``auto``/``reset`` (no re-prediction);
+* Boxes, scribbles, lassos and a previous mask (``sam3d_nnunet.prompts.shapes``) join a class's prompts like
+  clicks: they reduce to sampler points with a prompt type plus a dense prompt (built in the raw grid, mapped
+  through the image's preprocessing), and re-predict the class without re-running the encoder. ``set_mask``
+  replaces the class's earlier mask prompt. A bad prompt (outside the image, a box of zero extent, a scribble of
+  fewer than two points, a self-intersecting or degenerate lasso, a mask of the wrong shape) raises
+  ``InferenceInputError`` in one line naming it and changes nothing.
+* ``undo()`` restores the state before the last ``add_click``/``add_box``/``add_scribble``/``add_lasso``/
+  ``set_mask``/``auto``/``reset`` (no re-prediction);
   ``reset()`` clears the current class (``reset(all_classes=True)``: every class).
 
 Errors (``InferenceInputError``, a ``ValueError``): an unreadable image (the file is named), a click outside
@@ -43,7 +53,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -61,9 +71,11 @@ from sam3d_nnunet.inference.io import (
 from sam3d_nnunet.inference.prompted_predictor import (
     ClassPrompt,
     PromptedPredictor,
+    class_prompt_to_preprocessed,
     merge_class_probabilities,
-    raw_to_preprocessed_coords,
 )
+from sam3d_nnunet.prompts.shapes import (BoxPrompt, ClickPrompt, LassoPrompt, MaskPrompt, Prompt, PromptError,
+                                         ScribblePrompt, validate_prompt)
 
 PathLike = Union[str, os.PathLike]
 _EDGE_TOL = 1e-6
@@ -259,12 +271,12 @@ def predict_case(predictor: PromptedPredictor, data: Union[np.ndarray, torch.Ten
         data = torch.from_numpy(np.ascontiguousarray(data))
     data = data.float()
     if not predictor.prompted:
-        if any(p is not None and len(p.clicks) for p in prompts.values()):
+        if any(p is not None and not p.empty for p in prompts.values()):
             raise InferenceInputError(f"the model ({predictor.trainer_name}) is prompt-free: it takes no clicks "
                                       f"(use --auto / auto())")
         return predictor.predict_preprocessed(data, None)
-    clicked = {c: p for c, p in prompts.items() if p is not None and len(p.clicks)}
-    automatic = [c for c, p in prompts.items() if p is None or len(p.clicks) == 0]
+    clicked = {c: p for c, p in prompts.items() if p is not None and not p.empty}
+    automatic = [c for c, p in prompts.items() if p is None or p.empty]
     probabilities: Dict[int, torch.Tensor] = {}
     if clicked:
         out = predictor.predict_preprocessed(data, clicked)
@@ -293,12 +305,12 @@ def check_raw_point(point, shape_zyx: Sequence[int], who: str = "click") -> np.n
 # ============================================================================================ the session
 @dataclass
 class _ClassState:
-    clicks: List[Tuple[np.ndarray, int]] = field(default_factory=list)  # raw array-order point, 1/0
+    prompts: List[Prompt] = field(default_factory=list)  # raw array-order, immutable; at most one MaskPrompt
     probability: Optional[torch.Tensor] = None  # preprocessed space, CPU float32
-    mode: str = "empty"  # 'empty' | 'clicks' | 'auto'
+    mode: str = "empty"  # 'empty' | 'clicks' (any prompts) | 'auto'
 
     def copy(self) -> "_ClassState":
-        return _ClassState([(p.copy(), l) for p, l in self.clicks], self.probability, self.mode)
+        return _ClassState(list(self.prompts), self.probability, self.mode)
 
 
 class InteractiveSession:
@@ -480,12 +492,52 @@ class InteractiveSession:
         p = check_raw_point(point_zyx, self._raw_shape, f"click on {self._image_name}")
         if not isinstance(positive, (bool, np.bool_)):
             raise InferenceInputError(f"positive must be True or False, got {positive!r}")
+        return self.add_prompt(ClickPrompt(p, bool(positive)), c)
+
+    def add_box(self, corner_zyx: Sequence[float], opposite_corner_zyx: Sequence[float], positive: bool = True,
+                class_id: Optional[int] = None) -> np.ndarray:
+        """An axis-aligned box between two raw array-order corners (z, y, x), both inside; equal coordinates along
+        one axis make a 2D box on that slice ("the object in this slice and around it"). Returns the label map."""
+        return self.add_prompt(lambda: BoxPrompt(corner_zyx, opposite_corner_zyx, positive), class_id)
+
+    def add_scribble(self, points_zyx: Sequence[Sequence[float]], positive: bool = True,
+                     class_id: Optional[int] = None) -> np.ndarray:
+        """A polyline (>= 2 raw array-order points (z, y, x), 3D or on one slice): positive = inside the object,
+        negative = outside it. Returns the label map."""
+        return self.add_prompt(lambda: ScribblePrompt(points_zyx, positive), class_id)
+
+    def add_lasso(self, points_zyx: Sequence[Sequence[float]], positive: bool = True,
+                  class_id: Optional[int] = None) -> np.ndarray:
+        """A closed contour on one slice (all points share one coordinate; >= 3 distinct points, not
+        self-intersecting): positive = the object is in there, negative = not in there. Returns the label map."""
+        return self.add_prompt(lambda: LassoPrompt(points_zyx, positive), class_id)
+
+    def set_mask(self, mask: np.ndarray, class_id: Optional[int] = None) -> np.ndarray:
+        """A previous mask of the raw image's shape (z, y, x): the last prediction (e.g. ``class_mask()``) or an
+        edited one, binary or probabilities in [0, 1]; replaces the class's earlier mask prompt, keeps its other
+        prompts. Returns the label map."""
+        return self.add_prompt(lambda: MaskPrompt(mask), class_id)
+
+    def add_prompt(self, prompt: Union[Prompt, Callable[[], Prompt]], class_id: Optional[int] = None) -> np.ndarray:
+        """Add any prompt of ``sam3d_nnunet.prompts.shapes`` (raw array order) to ``class_id`` (default: the current
+        class; a given class becomes the current one), re-predict that class from all its prompts (the encoder
+        does not run again for windows already seen) and return the label map. A bad prompt raises
+        ``InferenceInputError`` in one line naming it, and changes nothing (undo covers every prompt)."""
+        self._require_image()
+        c = self._class(class_id)
+        if not self.predictor.prompted:
+            raise InferenceInputError(f"the model ({self.predictor.trainer_name}) is prompt-free: it takes no prompts; "
+                                      f"use auto()")
+        try:
+            prompt = validate_prompt(prompt() if callable(prompt) else prompt, self._raw_shape)
+        except PromptError as e:
+            raise InferenceInputError(f"{e} (on {self._image_name})") from None
+        state = self._states[c]
+        prompts = [p for p in state.prompts if not isinstance(prompt, MaskPrompt) or not isinstance(p, MaskPrompt)]
+        probability = self._predict_prompts(prompts + [prompt], c)
         self._current_class = c
         self._push_history([c])
-        state = self._states[c]
-        state.clicks.append((p, 1 if positive else 0))
-        state.mode = "clicks"
-        state.probability = self._predict_clicks(state.clicks, c)
+        self._states[c] = _ClassState(prompts + [prompt], probability, "clicks")
         self._label_map = None
         return self.label_map
 
@@ -511,18 +563,22 @@ class InteractiveSession:
                                       f"{list(self._geometry.size)})")
         return self.add_click(index_xyz[::-1], positive, class_id)
 
-    def _predict_clicks(self, clicks: List[Tuple[np.ndarray, int]], class_id: int) -> torch.Tensor:
-        raw = np.stack([p for p, _ in clicks])
-        labels = np.array([l for _, l in clicks], dtype=np.int64)
-        pre = raw_to_preprocessed_coords(raw, self._properties, self.plans_manager.transpose_forward,
-                                         self._data.shape[1:])
-        out = self.predictor.predict_preprocessed(self._data, {class_id: ClassPrompt(pre, labels)})
+    def _predict_prompts(self, prompts: List[Prompt], class_id: int) -> torch.Tensor:
+        pre = class_prompt_to_preprocessed(ClassPrompt.from_prompts(prompts, self._raw_shape, validate=False),
+                                           self._properties, self.plans_manager.transpose_forward,
+                                           self._data.shape[1:])
+        out = self.predictor.predict_preprocessed(self._data, {class_id: pre})
         return out[class_id].clone()
 
     def clicks(self, class_id: Optional[int] = None) -> List[Tuple[Tuple[float, float, float], bool]]:
         """The clicks of a class: [((z, y, x), positive), ...] in raw array order."""
+        return [(p.point, p.positive) for p in self.prompts(class_id) if isinstance(p, ClickPrompt)]
+
+    def prompts(self, class_id: Optional[int] = None) -> List[Prompt]:
+        """Every prompt of a class in the order given (``ClickPrompt``, ``BoxPrompt``, ``ScribblePrompt``,
+        ``LassoPrompt``, ``MaskPrompt``; raw array order)."""
         state = self._states.get(self._class(class_id)) if self._data is not None else None
-        return [] if state is None else [(tuple(float(v) for v in p), bool(l)) for p, l in state.clicks]
+        return [] if state is None else list(state.prompts)
 
     # ------------------------------------------------------------------ automatic mode, undo, reset
     def auto(self, class_id: Optional[int] = None, all_classes: bool = False) -> np.ndarray:
@@ -557,7 +613,8 @@ class InteractiveSession:
         return self.label_map
 
     def undo(self) -> np.ndarray:
-        """Restore the state before the last add_click / auto / reset (nothing to undo: unchanged)."""
+        """Restore the state before the last prompt (add_click, add_box, add_scribble, add_lasso, set_mask), auto or
+        reset (nothing to undo: unchanged)."""
         self._require_image()
         if self._history:
             saved, logits = self._history.pop()

@@ -12,6 +12,11 @@ imported from the authors' checkpoint computes their function exactly, and train
 - ``point_label_embed``: click polarity (0 negative, 1 positive), added to the sampled point features;
 - ``class_embed``: which of the dataset's foreground classes is wanted, added to every layer's global
   queries;
+- ``point_type_embed``: which kind of prompt a point was sampled from (0 click, 1 box, 2 scribble, 3 lasso;
+  ``sam3d_nnunet.prompts.shapes``), added to the sampled point features;
+- ``dense_encoder``: a dense prompt at patch resolution (channels: previous mask, positive region, negative
+  region) average- and max-pooled to the token grid and mapped by one 3x3x3 convolution (6 -> dim, SAM's
+  mask-prompt idea) whose output is added to the deepest feature map before the points are sampled;
 - any number of clicks per sample (padding label -1, masked out of the attention), and zero clicks: the
   automatic mode, where the sampler runs on its global queries alone, as the published one does.
 """
@@ -23,6 +28,8 @@ from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
 PAD_LABEL = -1
+NUM_POINT_TYPES = 4  # click, box, scribble, lasso (sam3d_nnunet.prompts.shapes.PROMPT_TYPES)
+DENSE_PROMPT_CHANNELS = 3  # previous mask, positive region, negative region (shapes.DENSE_CHANNELS)
 
 
 def clicks_to_grid(clicks: torch.Tensor, crop_size: tuple[int, int, int]) -> torch.Tensor:
@@ -121,22 +128,44 @@ class VisualSampler(nn.Module):
         # extensions, zero at the start: inert on the published weights
         self.point_label_embed = nn.Embedding(2, dim)
         self.class_embed = nn.Embedding(max(num_foreground_classes, 1), dim)
-        nn.init.zeros_(self.point_label_embed.weight)
-        nn.init.zeros_(self.class_embed.weight)
+        self.point_type_embed = nn.Embedding(NUM_POINT_TYPES, dim)
+        self.dense_encoder = nn.Conv3d(2 * DENSE_PROMPT_CHANNELS, dim, kernel_size=3, padding=1)
+        for tensor in (self.point_label_embed.weight, self.class_embed.weight, self.point_type_embed.weight,
+                       self.dense_encoder.weight, self.dense_encoder.bias):
+            nn.init.zeros_(tensor)
 
     def extension_parameter_names(self) -> list[str]:
         """The tensors the published sampler does not have."""
-        return ["point_label_embed.weight", "class_embed.weight"]
+        return ["point_label_embed.weight", "class_embed.weight", "point_type_embed.weight",
+                "dense_encoder.weight", "dense_encoder.bias"]
+
+    def encode_dense(self, dense_prompt: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """[B, 3, *patch] dense prompt -> [B, dim, *grid]: mean and max per token cell (a thin scribble or a
+        one-slice box survives the max), one zero-initialised 3x3x3 convolution."""
+        dense_prompt = dense_prompt.to(self.dense_encoder.weight.dtype)
+        pooled = torch.cat([F.adaptive_avg_pool3d(dense_prompt, grid), F.adaptive_max_pool3d(dense_prompt, grid)], 1)
+        return self.dense_encoder(pooled)
 
     def forward(self, feature_map: torch.Tensor, clicks: torch.Tensor, click_labels: torch.Tensor,
-                target_class: torch.Tensor, crop_size: tuple[int, int, int]) -> torch.Tensor:
+                target_class: torch.Tensor, crop_size: tuple[int, int, int], point_types: torch.Tensor | None = None,
+                dense_prompt: torch.Tensor | None = None) -> torch.Tensor:
         b, c, *grid = feature_map.shape
+        if dense_prompt is not None:
+            if dense_prompt.shape != (b, DENSE_PROMPT_CHANNELS, *crop_size):
+                raise ValueError(f"dense_prompt must be [B, {DENSE_PROMPT_CHANNELS}, *patch] = "
+                                 f"{[b, DENSE_PROMPT_CHANNELS, *crop_size]}, got {list(dense_prompt.shape)}")
+            feature_map = feature_map + self.encode_dense(dense_prompt, tuple(grid)).to(feature_map.dtype)
         if not target_class.is_meta and (int(target_class.min()) < 1
                                          or int(target_class.max()) > self.num_foreground_classes):
             raise ValueError(f"target_class must lie in 1..{self.num_foreground_classes}, got {target_class.tolist()}")
         padding = click_labels == PAD_LABEL
         points = sample_features_at_clicks(feature_map, clicks, crop_size)
         points = points + self.point_label_embed(click_labels.clamp(min=0)).to(points.dtype)
+        if point_types is not None:
+            if point_types.shape != click_labels.shape:
+                raise ValueError(f"point_types {list(point_types.shape)} must match click_labels "
+                                 f"{list(click_labels.shape)}")
+            points = points + self.point_type_embed(point_types.clamp(0, NUM_POINT_TYPES - 1)).to(points.dtype)
         class_offset = self.class_embed(target_class - 1)[:, None].to(points.dtype)
         image = feature_map.flatten(2).transpose(1, 2)
         for layer in self.layers:

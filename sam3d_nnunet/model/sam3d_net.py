@@ -23,7 +23,10 @@ from .prompt_encoder import PAD_LABEL, VisualSampler
 from .variants import TokenStride, get_variant, with_depth
 
 #: bumped whenever a change makes older checkpoints compute something else; stored in every state dict
-ARCHITECTURE_VERSION = 2
+ARCHITECTURE_VERSION = 3
+#: versions whose weights load exactly: version 2 lacks only zero-initialised prompt extensions (filled with zeros)
+_ADDED_IN_VERSION_3 = ("prompt_encoder.point_type_embed.weight", "prompt_encoder.dense_encoder.weight",
+                       "prompt_encoder.dense_encoder.bias")
 DECODERS = {"mla": MLADecoder3D, "linear": LinearHeadDecoder3D}
 
 
@@ -79,8 +82,16 @@ class SAM3DNet(nn.Module):
         apply_finetune_policy(self, self.finetune)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Refuses, in one line, weights of an older architecture instead of loading them into this one."""
+        """Refuses, in one line, weights of an older architecture instead of loading them into this one. Version-2
+        weights load: the tensors version 3 added are zero-initialised prompt extensions, filled with zeros, which
+        computes exactly what version 2 computed."""
         version = state_dict.get("architecture_version")
+        if version is not None and int(version) == 2:
+            own = super().state_dict()
+            state_dict = {**state_dict, "architecture_version": own["architecture_version"].clone()}
+            for name in _ADDED_IN_VERSION_3:
+                state_dict.setdefault(name, torch.zeros_like(own[name], device="cpu" if own[name].is_meta else None))
+            version = ARCHITECTURE_VERSION
         if version is None or int(version) != ARCHITECTURE_VERSION:
             found = "none (written before versioning)" if version is None else int(version)
             raise IncompatibleCheckpointError(
@@ -102,9 +113,14 @@ class SAM3DNet(nn.Module):
         return ImageFeatures(levels, self.mask_decoder.prompt_independent(levels, image))
 
     def decode(self, features: ImageFeatures, clicks: torch.Tensor | None = None,
-               click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int = 1) -> torch.Tensor:
+               click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int = 1,
+               point_types: torch.Tensor | None = None, dense_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, 2, *patch_size] for the wanted class given clicks [B, N, 3] (voxel coordinates
-        in the crop, array order) with labels [B, N] (1 positive, 0 negative, -1 padding)."""
+        in the crop, array order) with labels [B, N] (1 positive, 0 negative, -1 padding), optionally the prompt
+        type of each point [B, N] (0 click, 1 box, 2 scribble, 3 lasso; None: all clicks) and a dense prompt
+        [B, 3, *patch_size] (previous mask, positive region, negative region; ``sam3d_nnunet.prompts.shapes``).
+        Never re-runs the encoder; without point types and dense prompt (or with their zero-initialised weights)
+        the output is exactly the clicks-only one."""
         levels = features.levels
         b = levels[0].shape[0]
         device = levels[0].device
@@ -117,22 +133,24 @@ class SAM3DNet(nn.Module):
             raise ValueError(f"clicks {tuple(clicks.shape)} and click_labels {tuple(click_labels.shape)} must be "
                              f"[B, N, 3] and [B, N] with B = {b}")
         target_class = torch.as_tensor(target_class, dtype=torch.long, device=device).expand(b)
+        point_types = None if point_types is None else point_types.long()
         deepest = self.prompt_encoder(levels[-1], clicks.to(levels[-1].dtype), click_labels.long(), target_class,
-                                      self.patch_size)
+                                      self.patch_size, point_types, dense_prompt)
         return self.mask_decoder(deepest, features.prompt_independent, self.patch_size)
 
     def forward(self, image: torch.Tensor, clicks: torch.Tensor | None = None,
-                click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int | None = None) -> torch.Tensor:
-        """With ``target_class``: logits [B, 2, *patch] for that class. Without it (nnU-Net's own
+                click_labels: torch.Tensor | None = None, target_class: torch.Tensor | int | None = None,
+                point_types: torch.Tensor | None = None, dense_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """With ``target_class``: logits [B, 2, *patch] for that class (``decode``'s prompts). Without it (nnU-Net's own
         predictor calls ``network(image)``): automatic mode for every class, returned as nnU-Net-style
         multi-class logits [B, num_classes, *patch] where channel k is class k's margin over its
         background and channel 0 is 0, so argmax picks the most confident class or background."""
         features = self.encode(image)
         if target_class is not None:
-            return self.decode(features, clicks, click_labels, target_class)
+            return self.decode(features, clicks, click_labels, target_class, point_types, dense_prompt)
         margins = []
         for k in range(1, self.num_classes):
-            logits = self.decode(features, clicks, click_labels, k)
+            logits = self.decode(features, clicks, click_labels, k, point_types, dense_prompt)
             margins.append(logits[:, 1] - logits[:, 0])
         return torch.stack([torch.zeros_like(margins[0]), *margins], dim=1)
 

@@ -31,6 +31,7 @@ __all__ = [
     "as_rng",
     "sample_training_prompt",
     "binary_target",
+    "binary_targets",
     "simulate_training_prompts",
     "correction_click",
     "add_correction_clicks",
@@ -224,14 +225,21 @@ def simulate_training_prompts(
     ]
     ndim = target.ndim - 2
     clicks, click_labels = _pad([p.clicks for p in prompts], [p.click_labels for p in prompts], ndim)
-    target_class = torch.tensor([p.target_class for p in prompts], dtype=torch.int64)
-    view = (-1,) + (1,) * (target.ndim - 1)
-    tc = target_class.to(target.device).view(view)
+    target_class, bin_t = binary_targets(target, [p.target_class for p in prompts], ignore_label)
+    return clicks.to(target.device), click_labels.to(target.device), target_class, bin_t
+
+
+def binary_targets(target: torch.Tensor, classes: Sequence[int],
+                   ignore_label: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target_class`` [B] int64 and the binary target [B, 1, *patch] (``target``'s dtype and device; 1 where
+    target == target_class, ``ignore_label`` kept) of a batch prompted for ``classes`` (one per sample)."""
+    target_class = torch.tensor(list(classes), dtype=torch.int64, device=target.device)
+    tc = target_class.view((-1,) + (1,) * (target.ndim - 1))
     bin_t = (target == tc).to(target.dtype)
     if ignore_label is not None:
         bin_t = torch.where(target == ignore_label, torch.as_tensor(ignore_label, dtype=target.dtype,
                                                                       device=target.device), bin_t)
-    return clicks.to(target.device), click_labels.to(target.device), target_class.to(target.device), bin_t
+    return target_class, bin_t
 
 
 def _pad(clicks: list[np.ndarray], labels: list[np.ndarray], ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
