@@ -291,6 +291,106 @@ def test_automatic_then_refine_reset_and_class_choice(viewer_and_widget, qtbot):
     assert len(widget.points_layer.data) == 2
 
 
+# ------------------------------------------------------------------------------------------------ drawn prompts
+def _spy(obj, name, calls):
+    """Record every call of ``obj.name`` (then run it) in ``calls`` as (name, args, kwargs)."""
+    real = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((name, args, kwargs))
+        return real(*args, **kwargs)
+
+    setattr(obj, name, wrapper)
+
+
+def _draw(widget, shape_type, voxels_zyx):
+    """Draw a shape as the user would on the current slice: vertices at the world positions of image voxels,
+    handed to the shapes layer in its own data coordinates."""
+    world = np.array([widget.image_layer.data_to_world(np.asarray(v, float)) for v in voxels_zyx])
+    data = np.array([widget.shapes_layer.world_to_data(w) for w in world])
+    widget.shapes_layer.add(data, shape_type=shape_type)
+
+
+@needs_napari
+def test_box_lasso_scribble_and_edited_mask_reach_the_session_undo_and_a_bad_lasso(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    img, obj, wrong, bar = _phantom()
+    layer = viewer.add_image(img, scale=SPACING_ZYX, translate=(5.0, -3.0, 7.5), name="shifted image")
+    backend, _ = _demo_backend()
+    widget.set_backend(backend)
+    _idle(qtbot, widget)
+    assert widget.shapes_layer is not None and np.allclose(widget.shapes_layer.scale, layer.scale)
+    calls = []
+    for name in ("add_box", "add_lasso", "add_scribble", "set_mask"):
+        _spy(backend.session, name, calls)
+    z = TARGET[0]
+    viewer.dims.set_point(0, layer.data_to_world(np.asarray(TARGET, float))[0])
+    widget.draw_buttons["add_rectangle"].click()  # the Box button: the shapes layer, drawing rectangles
+    assert viewer.layers.selection.active is widget.shapes_layer and widget.shapes_layer.mode == "add_rectangle"
+
+    # a rectangle on slice z -> a 2D box on that slice with the image's (z, y, x) corners
+    _draw(widget, "rectangle", [(z, 10, 6), (z, 10, 22), (z, 26, 22), (z, 26, 6)])
+    _idle(qtbot, widget)
+    name, args, kwargs = calls[-1]
+    assert name == "add_box" and np.allclose(args[0], (z, 10, 6)) and np.allclose(args[1], (z, 26, 22))
+    assert kwargs["positive"] is True and kwargs["class_id"] == 1
+    box_mask = np.array(widget.labels_layer.data) == 1
+    assert box_mask[obj].any() and not box_mask[z, :, 23:].any(), "slice z: the box; elsewhere the object"
+    assert "1 drawn prompts" in widget.last_status
+
+    # a negative polygon -> add_lasso (red); a positive path -> add_scribble
+    widget.positive = False
+    lasso = [(z, 12, 30), (z, 12, 42), (z, 24, 42), (z, 24, 30)]
+    _draw(widget, "polygon", lasso)
+    _idle(qtbot, widget)
+    name, args, kwargs = calls[-1]
+    assert name == "add_lasso" and np.allclose(args[0], lasso) and kwargs["positive"] is False
+    assert np.allclose(widget.shapes_layer.edge_color[1][:3], [1.0, 0.15, 0.15])
+    widget.positive = True
+    scribble = [(z, 16, 12), (z, 18, 14), (z, 20, 16)]
+    _draw(widget, "path", scribble)
+    _idle(qtbot, widget)
+    name, args, kwargs = calls[-1]
+    assert name == "add_scribble" and np.allclose(args[0], scribble) and kwargs["positive"] is True
+    assert [p.kind for p in backend.session.prompts(1)] == ["box", "lasso", "scribble"]
+    assert list(widget.shapes_layer.shape_type) == ["rectangle", "polygon", "path"]
+    before_bad = np.array(widget.labels_layer.data)
+
+    # a self-intersecting lasso: one status line, nothing changes, the drawing goes away
+    _draw(widget, "polygon", [(z, 10, 10), (z, 20, 20), (z, 10, 20), (z, 20, 10)])
+    _idle(qtbot, widget)
+    assert "intersects itself" in widget.last_status and "\n" not in widget.last_status
+    assert "Traceback" not in widget.last_status
+    assert np.array_equal(widget.labels_layer.data, before_bad)
+    assert [p.kind for p in backend.session.prompts(1)] == ["box", "lasso", "scribble"]
+    assert len(widget.shapes_layer.data) == 3
+
+    # the edited mask as the previous-mask prompt: erase x < 10, send it
+    edited = np.array(widget.labels_layer.data)
+    edited[:, :, :10] = 0
+    widget.labels_layer.data = edited
+    widget.mask_prompt_button.click()
+    _idle(qtbot, widget)
+    name, args, kwargs = calls[-1]
+    assert name == "set_mask" and np.array_equal(np.asarray(args[0]) > 0.5, edited == 1)
+    assert not np.asarray(widget.labels_layer.data)[:, :, :10].any(), "the demo double keeps the edited mask"
+    assert "a mask prompt" in widget.last_status
+
+    # undo removes the last prompt whatever its type: the mask, then the scribble
+    widget.undo()
+    _idle(qtbot, widget)
+    assert [p.kind for p in backend.session.prompts(1)] == ["box", "lasso", "scribble"]
+    assert np.array_equal(widget.labels_layer.data, before_bad)
+    widget.undo()
+    _idle(qtbot, widget)
+    assert [p.kind for p in backend.session.prompts(1)] == ["box", "lasso"]
+    assert list(widget.shapes_layer.shape_type) == ["rectangle", "polygon"]
+    # an ellipse is no prompt: said, and removed
+    _draw(widget, "ellipse", [(z, 10, 6), (z, 10, 22), (z, 26, 22), (z, 26, 6)])
+    _idle(qtbot, widget)
+    assert "not a prompt" in widget.last_status and len(widget.shapes_layer.data) == 2
+
+
 @needs_napari
 def test_model_picker_finds_and_loads_a_trained_model_folder(viewer_and_widget, qtbot, tmp_path):
     """A tiny SAM3DNet with random weights written as an nnU-Net results tree: the widget lists dataset,

@@ -10,6 +10,14 @@ network. It "segments" by rules anyone can check:
   of the object closest to it). The band is ``bands[class]`` when given, else the smoothed intensity at the
   positive clicks +- ``tolerance``. An opening of ``opening_radius`` voxels before the connectivity test cuts
   thin bridges, holes are filled. Logit +10 inside, -10 outside, as [B, 2, *patch];
+* boxes, lassos, scribbles and a previous mask (``point_types`` and ``dense_prompt``, as the session hands
+  them to SAM3DNet): their sample points act as clicks of their polarity, except that the band of a class
+  without ``bands`` comes from clicks and scribbles only, or, with neither, from the median intensity at the
+  positive boxes' and lassos' points (most of them lie on the object). A positive box or lasso keeps the result
+  to the voxels of its slice(s) it covers plus everything off its slice(s); a negative one cuts what it covers.
+  A previous mask (dense channel 0) is kept as it is: positive points inside it add nothing, positive points
+  outside it add their connected band region (negative clicks only limit what they add; negative boxes and
+  lassos cut the mask too);
 * ``forward(image)`` (the automatic mode, no clicks): per class with a band, the largest connected band region,
   as nnU-Net-style margins [B, num_classes, *patch] with channel 0 = 0.
 
@@ -55,7 +63,8 @@ class IntensityOracleNet(torch.nn.Module):
         return x
 
     def decode(self, features: torch.Tensor, clicks: Optional[torch.Tensor] = None,
-               click_labels: Optional[torch.Tensor] = None, target_class=1) -> torch.Tensor:
+               click_labels: Optional[torch.Tensor] = None, target_class=1, point_types: Optional[torch.Tensor] = None,
+               dense_prompt: Optional[torch.Tensor] = None) -> torch.Tensor:
         self.decode_calls += 1
         b = features.shape[0]
         target = torch.as_tensor(target_class).reshape(-1).expand(b)
@@ -64,7 +73,10 @@ class IntensityOracleNet(torch.nn.Module):
             img = features[i, 0].numpy()
             pts = np.zeros((0, 3)) if clicks is None else clicks[i].detach().cpu().numpy().reshape(-1, 3)
             labs = np.zeros(0) if click_labels is None else click_labels[i].detach().cpu().numpy().reshape(-1)
-            mask = self._segment(img, pts[labs == 1], pts[labs == 0], int(target[i]))
+            types = np.zeros(len(labs), int) if point_types is None else \
+                point_types[i].detach().cpu().numpy().reshape(-1)
+            dense = None if dense_prompt is None else dense_prompt[i].detach().float().cpu().numpy() > 0.5
+            mask = self._segment(img, pts[labs == 1], pts[labs == 0], int(target[i]), types[labs == 1], dense)
             margin = torch.from_numpy(np.where(mask, 10.0, -10.0).astype(np.float32))
             out.append(torch.stack([-margin / 2, margin / 2]))
         return torch.stack(out)
@@ -95,15 +107,28 @@ class IntensityOracleNet(torch.nn.Module):
                                             iterations=self.opening_radius)
         return region
 
-    def _segment(self, img: np.ndarray, positives: np.ndarray, negatives: np.ndarray, class_id: int) -> np.ndarray:
+    def _segment(self, img: np.ndarray, positives: np.ndarray, negatives: np.ndarray, class_id: int,
+                 positive_types: Optional[np.ndarray] = None, dense: Optional[np.ndarray] = None) -> np.ndarray:
         shape = np.array(img.shape)
+        types = np.zeros(len(positives), int) if positive_types is None else np.asarray(positive_types)
+        previous = dense[0] if dense is not None and dense[0].any() else None
+        if previous is not None:  # the previous mask is kept; positive points inside it add nothing
+            outside = np.array([not previous[tuple(np.clip(np.rint(p).astype(int), 0, shape - 1))]
+                                for p in positives], dtype=bool)
+            positives, types = positives[outside], types[outside]
         if len(positives) == 0:
-            return np.zeros(img.shape, dtype=bool)
+            return np.zeros(img.shape, dtype=bool) if previous is None else self._cut(previous, dense)
         seeds = [tuple(np.clip(np.rint(p).astype(int), 0, shape - 1)) for p in positives]
         if class_id in self.bands:
             lo, hi = self.bands[class_id]
         else:
-            values = [float(np.median(img[tuple(slice(max(0, s - 1), s + 2) for s in seed)])) for seed in seeds]
+            def local(seed):
+                return float(np.median(img[tuple(slice(max(0, s - 1), s + 2) for s in seed)]))
+            drawn = [s for s, t in zip(seeds, types) if t in (0, 2)]  # clicks and scribbles: every value counts
+            if drawn:
+                values = [local(s) for s in drawn]
+            else:  # boxes and lassos only: most of their points lie on the object
+                values = [float(np.median([local(s) for s in seeds]))]
             lo, hi = min(values) - self.tolerance, max(values) + self.tolerance
         region = self._band(img, lo, hi)
         if len(negatives):  # keep the voxels nearer to a positive than to any negative click
@@ -121,7 +146,26 @@ class IntensityOracleNet(torch.nn.Module):
         for seed in seeds:
             if components[seed] > 0:
                 keep |= components == components[seed]
-        return ndimage.binary_fill_holes(keep)
+        keep = ndimage.binary_fill_holes(keep)
+        return self._cut(keep if previous is None else keep | previous, dense)
+
+    @staticmethod
+    def _cut(mask: np.ndarray, dense: Optional[np.ndarray]) -> np.ndarray:
+        """A positive box / lasso keeps, on the slices it lies on, only what it covers; a negative one cuts it."""
+        if dense is None:
+            return mask
+        positive_region, negative_region = dense[1], dense[2]
+        if positive_region.any():
+            for axis in range(3):  # the slices (along z, else y, else x) a region lies on
+                others = tuple(a for a in range(3) if a != axis)
+                on = positive_region.any(axis=others)
+                if on.sum() < mask.shape[axis]:
+                    index = [slice(None)] * 3
+                    index[axis] = on
+                    mask = mask.copy()
+                    mask[tuple(index)] &= positive_region[tuple(index)]
+                    break
+        return mask & ~negative_region
 
 
 def demo_plans(patch_size: Sequence[int], spacing_zyx: Sequence[float], dataset_name: str = "Dataset000_Demo",

@@ -6,7 +6,9 @@ needs from the session (``sam3d_nnunet.inference.session.InteractiveSession``):
 * ``from_trained_model_folder(folder, folds, checkpoint_name, device)``;
 * ``set_image(path)`` (the dataset's reader, as ``predict``) and ``set_image(array, spacing=(sz, sy, sx),
   origin=(x, y, z), direction=9 values)`` for a layer that has no file;
-* ``add_click((z, y, x), positive, class_id)`` -> label map (raw geometry), ``undo()``, ``reset(class_id)``,
+* ``add_click((z, y, x), positive, class_id)`` -> label map (raw geometry), ``add_box(corner, opposite_corner,
+  positive, class_id)``, ``add_scribble(points, positive, class_id)``, ``add_lasso(points, positive, class_id)``,
+  ``set_mask(mask, class_id)``, ``prompts(class_id)``, ``undo()``, ``reset(class_id)``,
   ``auto(class_id)``, ``set_class``, ``current_class``, ``clicks(class_id)``, ``can_undo``, ``label_map``,
   ``image_shape``, ``save_mask(path)``;
 * ``dataset_json['labels']`` / ``classes`` (the class names and ids), ``predictor.prompted`` (a prompt-free
@@ -30,6 +32,8 @@ import numpy as np
 
 PathLike = Union[str, os.PathLike]
 Click = Tuple[Tuple[float, float, float], bool]
+#: a drawn prompt as the shapes layer shows it: (napari shape type, vertices (n, 3) z, y, x, positive)
+Shape = Tuple[str, np.ndarray, bool]
 
 
 # ============================================================================================ discovery
@@ -114,6 +118,30 @@ class Snapshot:
     clicks: List[Click] = field(default_factory=list)
     can_undo: bool = False
     message: str = ""
+    shapes: List[Shape] = field(default_factory=list)
+    has_mask_prompt: bool = False
+
+
+def _box_rectangle(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The 4 corners of a box as a napari rectangle: on its slice for a 2D box, on its middle z slice for a 3D one."""
+    flat = np.flatnonzero(hi - lo <= 1e-6)
+    axis = int(flat[0]) if len(flat) else 0
+    a, b = [d for d in range(3) if d != axis]
+    corners = np.zeros((4, 3))
+    corners[:, axis] = (lo[axis] + hi[axis]) / 2
+    corners[:, a] = [lo[a], lo[a], hi[a], hi[a]]
+    corners[:, b] = [lo[b], hi[b], hi[b], lo[b]]
+    return corners
+
+
+def prompt_shape(prompt) -> Optional[Shape]:
+    """How the shapes layer shows a box (rectangle), scribble (path) or lasso (polygon); None for the others."""
+    kind = getattr(prompt, "kind", "")
+    if kind == "box":
+        return "rectangle", _box_rectangle(prompt.lo, prompt.hi), bool(prompt.positive)
+    if kind in ("scribble", "lasso"):
+        return ("path" if kind == "scribble" else "polygon"), np.asarray(prompt.points, float), bool(prompt.positive)
+    return None
 
 
 class SessionAdapter:
@@ -189,7 +217,25 @@ class SessionAdapter:
         return self.snapshot()
 
     def add_click(self, point_zyx: Sequence[float], positive: bool, class_id: int) -> Snapshot:
-        self.session.add_click(tuple(float(v) for v in point_zyx), positive=bool(positive), class_id=int(class_id))
+        self.session.add_click(_floats(point_zyx), positive=bool(positive), class_id=int(class_id))
+        return self.snapshot()
+
+    def add_box(self, corner_zyx: Sequence[float], opposite_corner_zyx: Sequence[float], positive: bool,
+                class_id: int) -> Snapshot:
+        self.session.add_box(_floats(corner_zyx), _floats(opposite_corner_zyx), positive=bool(positive),
+                             class_id=int(class_id))
+        return self.snapshot()
+
+    def add_scribble(self, points_zyx, positive: bool, class_id: int) -> Snapshot:
+        self.session.add_scribble([_floats(p) for p in points_zyx], positive=bool(positive), class_id=int(class_id))
+        return self.snapshot()
+
+    def add_lasso(self, points_zyx, positive: bool, class_id: int) -> Snapshot:
+        self.session.add_lasso([_floats(p) for p in points_zyx], positive=bool(positive), class_id=int(class_id))
+        return self.snapshot()
+
+    def set_mask(self, mask: np.ndarray, class_id: int) -> Snapshot:
+        self.session.set_mask(np.asarray(mask, dtype=np.float32), class_id=int(class_id))
         return self.snapshot()
 
     def auto(self, class_id: int) -> Snapshot:
@@ -211,14 +257,26 @@ class SessionAdapter:
     def clicks(self, class_id: Optional[int] = None) -> List[Click]:
         return [(tuple(float(v) for v in p), bool(pos)) for p, pos in self.session.clicks(class_id)]
 
+    def prompts(self, class_id: Optional[int] = None) -> list:
+        """Every prompt of a class (``sam3d_nnunet.prompts.shapes`` objects); a session without them: none."""
+        return list(self.session.prompts(class_id)) if hasattr(self.session, "prompts") else []
+
     def snapshot(self, message: str = "") -> Snapshot:
-        """The label map (a copy, raw geometry), current class, its clicks and whether undo is possible."""
+        """The label map (a copy, raw geometry), current class, its clicks and drawn prompts, whether it has a mask
+        prompt and whether undo is possible."""
         has_image = self.has_image
         label_map = np.array(self.session.label_map, copy=True) if has_image else None
         c = self.current_class
+        prompts = self.prompts(c) if has_image else []
+        shapes = [s for s in map(prompt_shape, prompts) if s is not None]
         return Snapshot(label_map, c, self.clicks(c) if has_image else [],
-                        bool(getattr(self.session, "can_undo", False)), message)
+                        bool(getattr(self.session, "can_undo", False)), message, shapes,
+                        any(getattr(p, "kind", "") == "mask" for p in prompts))
+
+
+def _floats(point) -> Tuple[float, ...]:
+    return tuple(float(v) for v in point)
 
 
 __all__ = ["ModelFolder", "find_datasets", "is_model_folder", "available_folds", "find_model_folders",
-           "parse_folds", "Snapshot", "SessionAdapter"]
+           "parse_folds", "Snapshot", "SessionAdapter", "prompt_shape"]

@@ -16,9 +16,16 @@ Workflow (every model call runs in a worker thread, see ``worker.py``; the statu
    image layer's transform, so their data coordinates are the image's voxel indices. Clicks can also be
    added to the points layer from code (``widget.points_layer.add(...)`` with its ``feature_defaults``
    ``positive``) or in its own *add points* mode.
-4. *Automatic* predicts the class over the whole volume without clicks; a click afterwards predicts the class
-   again from the clicks (the model sees clicks, not the automatic mask). *Undo* goes back one step (click,
-   automatic, reset); *Reset class* clears the class. *Save mask...* writes the session's label map with the
+4. **Drawn prompts** (the layer "SAM3D boxes, lassos, scribbles", same transform as the image): *Box* draws a
+   rectangle on the current slice (a 2D box on that slice, ``add_box``), *Lasso* a freehand closed contour on
+   it (``add_lasso``), *Scribble* a path (``add_scribble``), each with the *Positive / Negative* polarity (green /
+   red). The layer's own tools work too (a polygon is a lasso, a line or a path a scribble). *Use edited mask as
+   prompt* sends the mask layer's voxels of the class, as painted or erased by hand, as the previous-mask
+   prompt (``set_mask``). A bad prompt (e.g. a lasso that crosses itself) is refused: the status line says why
+   and nothing changes.
+5. *Automatic* predicts the class over the whole volume without clicks; a click afterwards predicts the class
+   again from the clicks (the model sees clicks, not the automatic mask). *Undo* goes back one step (click, box,
+   lasso, scribble, mask prompt, automatic, reset); *Reset class* clears the class. *Save mask...* writes the session's label map with the
    input's exact size, spacing, origin and direction (painting on the mask layer by hand is not saved; the
    status line says so when it happens).
 """
@@ -73,6 +80,13 @@ NEGATIVE_COLOR = np.array([1.0, 0.15, 0.15, 1.0])
 CLASS_COLORS = ("dodgerblue", "magenta", "orange", "cyan", "yellow", "mediumpurple", "lightpink", "tan")
 POINTS_NAME = "SAM3D clicks"
 LABELS_NAME = "SAM3D mask"
+SHAPES_NAME = "SAM3D boxes, lassos, scribbles"
+#: the widget's draw buttons: (label, shapes-layer mode, what it draws, tooltip)
+DRAW_MODES = (("Box", "add_rectangle", "box", "drag a rectangle on the current slice: the object is in this box"),
+              ("Lasso", "add_polygon_lasso", "lasso", "draw a closed contour on the current slice (freehand)"),
+              ("Scribble", "add_path", "scribble", "click the points of a path; double-click or Escape ends it"))
+#: napari shape type -> session prompt
+SHAPE_PROMPTS = {"rectangle": "box", "polygon": "lasso", "path": "scribble", "line": "scribble"}
 CLICK_DRAG_TOLERANCE = 5  # screen pixels: a press and release further apart is a pan, not a click
 
 
@@ -98,6 +112,10 @@ def _geometry_from_layer_transform(layer):
     return tuple(spacing), tuple(zero[::-1]), tuple(direction_itk.ravel())
 
 
+def _rounded(point) -> tuple:
+    return tuple(round(float(v), 1) for v in point)
+
+
 class SAM3DWidget(QWidget):
     """Interactive SAM3D segmentation dock widget; see the module docstring."""
 
@@ -108,6 +126,8 @@ class SAM3DWidget(QWidget):
         self.image_layer = None    # the layer whose image the session holds
         self.points_layer = None
         self.labels_layer = None
+        self.shapes_layer = None
+        self._shapes_taken = 0     # shapes of the layer already given to the session (or shown from it)
         self.queue = OperationQueue(self)
         self._syncing = False
         self._image_ready = False
@@ -217,10 +237,24 @@ class SAM3DWidget(QWidget):
         row.addWidget(self.positive_radio)
         row.addWidget(self.negative_radio)
         row.addStretch(1)
-        form.addRow("Click", row)
+        form.addRow("Polarity", row)
         self.click_checkbox = QCheckBox("Click in the view to segment (Shift+click: other polarity)")
         self.click_checkbox.setChecked(True)
         form.addRow(self.click_checkbox)
+        row = QHBoxLayout()
+        self.draw_buttons = {}
+        for text, mode, what, tip in DRAW_MODES:
+            b = QPushButton(text)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda _=False, m=mode, w=what: self.start_drawing(m, w))
+            self.draw_buttons[mode] = b
+            row.addWidget(b)
+        form.addRow("Draw", row)
+        self.mask_prompt_button = QPushButton("Use edited mask as prompt")
+        self.mask_prompt_button.setToolTip("send the mask layer's voxels of this class (painted / erased by hand) to "
+                                           "the model as the previous mask")
+        self.mask_prompt_button.clicked.connect(lambda: self.use_mask_as_prompt())
+        form.addRow(self.mask_prompt_button)
         self.auto_button = QPushButton("Automatic")
         self.auto_button.setToolTip("predict the class over the whole volume without clicks")
         self.undo_button = QPushButton("Undo")
@@ -389,6 +423,8 @@ class SAM3DWidget(QWidget):
         layer = event.value
         if layer is self.points_layer:
             self.points_layer = None
+        if layer is self.shapes_layer:
+            self.shapes_layer = None
         if layer is self.labels_layer:
             self.labels_layer = None
         if layer is self.image_layer:
@@ -454,7 +490,7 @@ class SAM3DWidget(QWidget):
     def _prepare_output_layers(self, image_layer) -> None:
         transform = _layer_transform(image_layer)
         shape = tuple(int(s) for s in image_layer.data.shape)
-        for attr in ("points_layer", "labels_layer"):
+        for attr in ("points_layer", "labels_layer", "shapes_layer"):
             old = getattr(self, attr)
             if old is not None and old in self.viewer.layers:
                 self.viewer.layers.remove(old)
@@ -475,10 +511,14 @@ class SAM3DWidget(QWidget):
             face_color=POSITIVE_COLOR, border_color="white", border_width=0.15, **transform)
         self.points_layer.feature_defaults = {"positive": True}
         self.points_layer.events.data.connect(self._on_points_data)
+        self.shapes_layer = self.viewer.add_shapes(ndim=3, name=SHAPES_NAME, edge_width=max(size / 5, 1.0),
+                                                   edge_color=POSITIVE_COLOR, face_color=[0, 0, 0, 0], **transform)
+        self._shapes_taken = 0
+        self.shapes_layer.events.data.connect(self._on_shapes_data)
         if hasattr(self.labels_layer.events, "paint"):
             self.labels_layer.events.paint.connect(lambda *_: self._set_status(
-                "Painted by hand: Save mask writes the model's mask, not hand edits (the next click, Undo or "
-                "Reset replaces them).", error=True))
+                "Painted by hand: press 'Use edited mask as prompt' to give it to the model; Save mask writes the "
+                "model's mask, not hand edits (the next prompt, Undo or Reset replaces them).", error=True))
         self.viewer.layers.selection.active = image_layer  # clicks are taken in pan/zoom mode
         if hasattr(image_layer, "mode"):
             image_layer.mode = "pan_zoom"
@@ -555,8 +595,12 @@ class SAM3DWidget(QWidget):
             for i in sorted({int(i) % n for i in event.data_indices}):
                 self._submit_click(i)
         elif action in (ActionType.REMOVED, ActionType.CHANGED):
-            self._set_status("Clicks are kept by the model session: use Undo or Reset class to remove them.")
-            self._request_snapshot()
+            self._edited_by_hand("Clicks")
+
+    def _edited_by_hand(self, what: str) -> None:
+        """Prompts moved or deleted on their layer: the session's come back (only Undo / Reset remove them)."""
+        self._set_status(f"{what} are kept by the model session: use Undo or Reset class to remove them.")
+        self._request_snapshot()
 
     def _submit_click(self, index: int) -> None:
         layer = self.points_layer
@@ -603,6 +647,110 @@ class SAM3DWidget(QWidget):
             layer.face_color = np.where(positive[:, None], POSITIVE_COLOR[None], NEGATIVE_COLOR[None])
         finally:
             self._syncing = was
+
+    # ================================================================== boxes, lassos, scribbles, mask
+    def start_drawing(self, mode: str, what: str = "shape") -> None:
+        """Select the shapes layer in a drawing mode (``add_rectangle``, ``add_polygon_lasso``, ``add_path``, ...)."""
+        if not self._ready_for_clicks() or self.shapes_layer is None:
+            self._set_status("Load a model and use an image first." if self.backend is None or
+                             not self._image_ready else "This model is prompt-free: use Automatic.", error=True)
+            return
+        if self.viewer.dims.ndisplay != 2:
+            self._set_status("Boxes, lassos and scribbles are drawn in the 2D view (toggle 2D/3D in the viewer's "
+                             "buttons).", error=True)
+            return
+        self.viewer.layers.selection.active = self.shapes_layer
+        self.shapes_layer.mode = mode
+        self.shapes_layer.current_edge_color = POSITIVE_COLOR if self.positive else NEGATIVE_COLOR
+        word = "positive" if self.positive else "negative"
+        self._set_status(f"Draw a {word} {what} on the current slice (the Positive / Negative switch sets the "
+                         f"polarity).")
+
+    def _on_shapes_data(self, event) -> None:
+        if self._syncing or self.shapes_layer is None:
+            return
+        from napari.layers.base import ActionType
+        action = getattr(event, "action", None)
+        n = len(self.shapes_layer.data)
+        if action == ActionType.ADDED:
+            if n <= self._shapes_taken:  # a drawing napari dropped (too few vertices)
+                return
+            new = list(range(self._shapes_taken, n))
+            self._shapes_taken = n
+            for i in new:
+                self._submit_shape(i)
+        elif action in (ActionType.REMOVED, ActionType.CHANGED):
+            self._edited_by_hand("Drawn prompts")
+
+    def _submit_shape(self, index: int) -> None:
+        layer = self.shapes_layer
+        shape_type = str(layer.shape_type[index])
+        vertices = np.asarray(layer.data[index], dtype=float)[:, -3:]
+        positive = self.positive
+        self._color_shape(index, positive)
+        kind = SHAPE_PROMPTS.get(shape_type)
+        if kind is None or not self._ready_for_clicks():
+            self._set_status("Load a model and use an image first." if not self._ready_for_clicks() else
+                             f"A {shape_type} is not a prompt: draw a rectangle (box), a polygon (lasso) or a path "
+                             f"(scribble).", error=True)
+            self._request_snapshot()
+            return
+        flat = np.ptp(vertices, axis=0) <= 1e-3
+        vertices[:, flat] = np.round(vertices[:, flat].mean(0))  # drawn on a slice: exactly on that voxel slice
+        c = self.current_class
+        word = "positive" if positive else "negative"
+        if kind == "box":
+            lo, hi = vertices.min(0), vertices.max(0)
+            args, fn = (tuple(lo.tolist()), tuple(hi.tolist())), self.backend.add_box
+            where = f"(z, y, x) {_rounded(lo)} to {_rounded(hi)}"
+        else:
+            args = ([tuple(v) for v in vertices.tolist()],)
+            fn = self.backend.add_lasso if kind == "lasso" else self.backend.add_scribble
+            where = f"of {len(vertices)} points from (z, y, x) {_rounded(vertices[0])}"
+        self.queue.submit(f"Class {c}: {word} {kind} {where}", fn, *args, positive, c,
+                          on_result=self._apply_snapshot, on_error=lambda e: self._request_snapshot(), kind="shape")
+
+    def _color_shape(self, index: int, positive: bool) -> None:
+        was = self._syncing
+        self._syncing = True
+        try:
+            colors = np.asarray(self.shapes_layer.edge_color, dtype=float).copy()
+            colors[index] = POSITIVE_COLOR if positive else NEGATIVE_COLOR
+            self.shapes_layer.edge_color = colors
+        finally:
+            self._syncing = was
+
+    def use_mask_as_prompt(self) -> None:
+        """Give the mask layer's voxels of the current class (as edited by hand) to the model as the previous
+        mask (``set_mask``; it replaces the class's earlier mask prompt, keeps its other prompts)."""
+        if not self._require() or self.labels_layer is None:
+            return
+        if not self._ready_for_clicks():
+            self._set_status("This model is prompt-free: use Automatic.", error=True)
+            return
+        c = self.current_class
+        mask = np.asarray(self.labels_layer.data) == c
+        self.queue.submit(f"Class {c}: edited mask ({int(mask.sum())} voxels) as prompt", self.backend.set_mask,
+                          mask, c, on_result=self._apply_snapshot, on_error=lambda e: self._request_snapshot(),
+                          kind="mask")
+
+    def _show_shapes(self, shapes) -> None:
+        layer = self.shapes_layer
+        if layer is None:
+            return
+        self._syncing = True
+        try:
+            if len(layer.data):
+                layer.selected_data = set(range(len(layer.data)))
+                layer.remove_selected()
+            if shapes:
+                layer.add([np.asarray(v, float) for _, v, _ in shapes], shape_type=[t for t, _, _ in shapes],
+                          edge_color=[POSITIVE_COLOR if p else NEGATIVE_COLOR for _, _, p in shapes],
+                          face_color=[0, 0, 0, 0])
+            layer.selected_data = set()
+            self._shapes_taken = len(layer.data)
+        finally:
+            self._syncing = False
 
     # ================================================================== operations
     def _require(self) -> bool:
@@ -680,8 +828,11 @@ class SAM3DWidget(QWidget):
             if self.labels_layer.data.shape == snapshot.label_map.shape:
                 self.labels_layer.data = snapshot.label_map
             self.labels_layer.selected_label = snapshot.class_id
-        if not any(op.kind == "click" for op in self.queue.pending_operations()):
+        pending = {op.kind for op in self.queue.pending_operations()}
+        if "click" not in pending:
             self._show_clicks(snapshot.clicks)  # later clicks still queued: keep them on screen
+        if "shape" not in pending:
+            self._show_shapes(snapshot.shapes)
         self.undo_button.setEnabled(snapshot.can_undo)
 
     def _show_clicks(self, clicks) -> None:
@@ -716,17 +867,20 @@ class SAM3DWidget(QWidget):
 
     def _on_finished(self, op, seconds: float) -> None:
         s = self._last_snapshot
-        if op.error is not None or op.kind not in ("click", "auto", "undo", "reset") or s is None \
+        if op.error is not None or op.kind not in ("click", "shape", "mask", "auto", "undo", "reset") or s is None \
                 or s.label_map is None:
             return
         n = int(np.count_nonzero(s.label_map == s.class_id))
         pos = sum(1 for _, b in s.clicks if b)
         volume = f" ({n * self._voxel_ml:.1f} ml)" if self._voxel_ml else ""
+        drawn = f", {len(s.shapes)} drawn prompts" if s.shapes else ""
+        drawn += ", a mask prompt" if s.has_mask_prompt else ""
         self._set_status(f"{op.description}: done in {seconds:.1f} s. Class {s.class_id}: {pos} positive, "
-                         f"{len(s.clicks) - pos} negative clicks; mask {n} voxels{volume}." + self._model_note())
+                         f"{len(s.clicks) - pos} negative clicks{drawn}; mask {n} voxels{volume}." + self._model_note())
 
     def _on_failed(self, description: str, error: BaseException) -> None:
-        self._set_status(f"{description} failed: {error}", error=True)
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        self._set_status(f"{description} failed: {lines[0]}", error=True)  # one line, never a traceback
 
     def _on_idle(self) -> None:
         self.progress.setVisible(False)
@@ -744,7 +898,8 @@ class SAM3DWidget(QWidget):
     def _update_enabled(self) -> None:
         ready = self.backend is not None and self._image_ready
         self.use_image_button.setEnabled(self.backend is not None and self.image_combo.count() > 0)
-        for b in (self.auto_button, self.reset_button, self.save_button):
+        for b in (self.auto_button, self.reset_button, self.save_button, self.mask_prompt_button,
+                  *self.draw_buttons.values()):
             b.setEnabled(ready)
         self.undo_button.setEnabled(ready and (self._last_snapshot is None or self._last_snapshot.can_undo))
         self.class_combo.setEnabled(self.backend is not None)
