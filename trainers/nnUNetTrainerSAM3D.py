@@ -47,6 +47,10 @@ oversampling, splits, logging, checkpoint schedule, is inherited unchanged):
 
   A ``validation/`` of an older version (prompted predictions, recognised by its ``prompts.json``) is first
   moved to the prompted folder its protocol names (``migrate_old_layout``).
+* a checkpoint of architecture version 2 (before boxes, scribbles, lassos and masks) resumes (``--c``) and
+  validates (``--val``): the network fills the three new prompt tensors with zeros (``SAM3DNet.load_state_dict``)
+  and ``load_checkpoint`` moves the optimizer's state to the new parameter order, the new tensors starting with
+  fresh AdamW state (``upgrade_version2_optimizer_state``);
 * checkpoints are written atomically (temporary file in the same folder, then ``os.replace``); slim (without
   the frozen SAM tensors, restored from the SAM checkpoint on load) with ``slim_checkpoints = True`` or
   ``SAM3D_SLIM_CHECKPOINTS=1`` (``sam3d_nnunet.model.slim_checkpoint``).
@@ -115,6 +119,39 @@ def _loud_warning(message: str, trainer: Optional[nnUNetTrainer] = None) -> None
     if trainer is not None:
         trainer.print_to_log_file(text, also_print_to_console=False, add_timestamp=False)
     warnings.warn(message, stacklevel=2)
+
+
+def _is_version2(checkpoint) -> bool:
+    """Whether a checkpoint's network weights are of SAM3DNet architecture version 2."""
+    weights = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
+    version = weights.get("architecture_version", weights.get("module.architecture_version")) \
+        if isinstance(weights, dict) else None
+    return version is not None and int(version) == 2
+
+
+def upgrade_version2_optimizer_state(optimizer_state: dict, trainable_names: List[str], name: str = "<checkpoint>"
+                                     ) -> dict:
+    """The optimizer state of a version-2 checkpoint for this network's trainable parameters ``trainable_names``
+    (in the optimizer's order): version 2's optimizer held the same parameters without the three version 3 added
+    (``sam3d_nnunet.model.sam3d_net._ADDED_IN_VERSION_3``), so each saved state moves to its parameter's new
+    position and the new tensors start with fresh state (AdamW initialises it at their first step). A state that
+    does not fit (another fine-tuning policy) raises ``IncompatibleCheckpointError`` in one line."""
+    from sam3d_nnunet.model.sam3d_net import _ADDED_IN_VERSION_3, IncompatibleCheckpointError
+
+    groups = optimizer_state.get("param_groups", [])
+    old_names = [n for n in trainable_names if n not in _ADDED_IN_VERSION_3]
+    saved = [i for g in groups for i in g["params"]]
+    if len(groups) != 1 or len(saved) != len(old_names):
+        raise IncompatibleCheckpointError(
+            f"{name}: its optimizer state ({len(saved)} parameters in {len(groups)} group(s)) does not match this "
+            f"network's version-2 trainable parameters ({len(old_names)}, another fine-tuning policy?); start a new "
+            f"training (without --c)")
+    if len(old_names) == len(trainable_names):  # the new tensors are frozen here: nothing moved
+        return optimizer_state
+    position = {n: i for i, n in enumerate(trainable_names)}
+    state = {position[n]: optimizer_state.get("state", {})[old] for n, old in zip(old_names, saved)
+             if old in optimizer_state.get("state", {})}
+    return {"state": state, "param_groups": [{**groups[0], "params": list(range(len(trainable_names)))}]}
 
 
 class nnUNetTrainerSAM3D(nnUNetTrainer):
@@ -391,20 +428,27 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's, after reading the file with ``weights_only=True`` (``sam3d_nnunet.validation``): a
         checkpoint whose pickle would run code is refused (``--c``, ``--val``) before nnU-Net unpickles it. A slim
-        checkpoint gets its frozen SAM tensors back from the SAM checkpoint it names."""
+        checkpoint gets its frozen SAM tensors back from the SAM checkpoint it names; a version-2 checkpoint gets
+        its optimizer state moved to this network's parameters (``upgrade_version2_optimizer_state``)."""
         from sam3d_nnunet.model.slim_checkpoint import SLIM_KEY, complete_slim_weights
         name = "<checkpoint>"
         if isinstance(filename_or_checkpoint, (str, os.PathLike)):
             from sam3d_nnunet.validation import load_checkpoint_safely
             name = os.fspath(filename_or_checkpoint)
             checkpoint = load_checkpoint_safely(filename_or_checkpoint)
-            filename_or_checkpoint = checkpoint if SLIM_KEY in checkpoint else name
-        if isinstance(filename_or_checkpoint, dict) and SLIM_KEY in filename_or_checkpoint:
+            filename_or_checkpoint = checkpoint if SLIM_KEY in checkpoint or _is_version2(checkpoint) else name
+        if isinstance(filename_or_checkpoint, dict) and (SLIM_KEY in filename_or_checkpoint or
+                                                         _is_version2(filename_or_checkpoint)):
             if not self.was_initialized:
                 self.initialize()
             checkpoint = dict(filename_or_checkpoint)
-            checkpoint["network_weights"] = complete_slim_weights(checkpoint["network_weights"],
-                                                                  checkpoint.pop(SLIM_KEY), self._net(), name)
+            if SLIM_KEY in checkpoint:
+                checkpoint["network_weights"] = complete_slim_weights(checkpoint["network_weights"],
+                                                                      checkpoint.pop(SLIM_KEY), self._net(), name)
+            if _is_version2(checkpoint) and checkpoint.get("optimizer_state") is not None:
+                trainable = [n for n, p in self._net().named_parameters() if p.requires_grad]
+                checkpoint["optimizer_state"] = upgrade_version2_optimizer_state(checkpoint["optimizer_state"],
+                                                                                 trainable, name)
             # nnU-Net 2.8's load_checkpoint only reads files (a dict argument fails there): a temporary full copy
             handle, full = tempfile.mkstemp(prefix="sam3d_full_", suffix=".pth")
             os.close(handle)
