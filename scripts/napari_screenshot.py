@@ -19,6 +19,14 @@ Clicks: ``--click z y x`` (positive, raw array-order voxel index; default: the d
 the centre of the largest false-positive region there, else a positive one at the centre of the largest missed
 part.
 
+Drawn prompts instead of the first click: ``--prompt box`` draws a positive rectangle on the displayed slice
+around the reference label there (margin ``--box-margin`` voxels), ``--prompt scribble`` a positive path through
+it (along its longest axis), both on the plug-in's shapes layer as a mouse would; the output is then
+``docs/napari_box.png`` / ``docs/napari_scribble.png`` and no correction click follows unless
+``--corrections`` says so. They need the reference label (``--label``, the default case's)::
+
+    QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/napari_screenshot.py --prompt box
+
 Requirements: ``pip install -e ".[napari]"`` and an OpenGL-capable Qt platform. Qt's ``offscreen`` platform has
 no OpenGL context (napari's canvas cannot draw there), so on a machine without a screen use Xvfb (Debian:
 ``apt-get install -y xvfb xauth libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0
@@ -56,15 +64,26 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--click", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None)
     p.add_argument("--negative", type=float, nargs=3, metavar=("Z", "Y", "X"), action="append", default=[])
-    p.add_argument("--corrections", type=int, default=1)
+    p.add_argument("--corrections", type=int, default=None, help="default: 1 after a click, 0 after a drawing")
+    p.add_argument("--prompt", choices=("click", "box", "scribble"), default="click",
+                   help="the first prompt: a click, or a box / scribble drawn around / through the reference label")
+    p.add_argument("--box-margin", type=int, default=4)
     p.add_argument("--tolerance", type=float, default=35.0, help="demo double: HU band around the clicked value")
-    p.add_argument("--output", default=str(REPO / "docs" / "napari_screenshot.png"))
+    p.add_argument("--output", default=None, help="default: docs/napari_screenshot.png, napari_box.png or "
+                                                   "napari_scribble.png by --prompt")
     p.add_argument("--size", type=int, nargs=2, default=(1680, 1000), metavar=("W", "H"))
     args = p.parse_args(argv)
     if args.label is None and not args.no_label and Path(args.image).name == f"{DEFAULT_CASE}_0000.nii.gz":
         args.label = str(SHARED / "STS_CT" / "labelsTr" / f"{DEFAULT_CASE}.nii.gz")
     if args.no_label:
         args.label = None
+    if args.output is None:
+        name = "napari_screenshot.png" if args.prompt == "click" else f"napari_{args.prompt}.png"
+        args.output = str(REPO / "docs" / name)
+    if args.corrections is None:
+        args.corrections = 1 if args.prompt == "click" else 0
+    if args.prompt != "click" and args.label is None:
+        p.error(f"--prompt {args.prompt} is drawn from the reference label: give --label")
     return args
 
 
@@ -93,6 +112,21 @@ def _correction(mask: np.ndarray, label: np.ndarray, z: int, spacing_yx, min_pix
         y, x = np.unravel_index(int(np.argmax(d)), d.shape)
         return (z, int(y), int(x)), positive
     return None
+
+
+def _drawing(label_slice: np.ndarray, kind: str, margin: int) -> np.ndarray:
+    """Vertices (y, x) of a rectangle around the label on one slice (``margin`` voxels), or of a path through
+    it along its longest axis (the label's voxels nearest to 5 evenly spaced points of that axis)."""
+    yx = np.argwhere(label_slice).astype(float)
+    if kind == "box":
+        lo = np.maximum(yx.min(0) - margin, 0)
+        hi = np.minimum(yx.max(0) + margin, np.asarray(label_slice.shape) - 1)
+        return np.array([lo, [lo[0], hi[1]], hi, [hi[0], lo[1]]])
+    centre = yx.mean(0)
+    _, _, vt = np.linalg.svd(yx - centre, full_matrices=False)
+    along = (yx - centre) @ vt[0]
+    targets = centre + np.linspace(0.6 * along.min(), 0.6 * along.max(), 5)[:, None] * vt[0][None]
+    return np.array([yx[np.argmin(((yx - t) ** 2).sum(1))] for t in targets])
 
 
 def main(argv=None) -> int:
@@ -158,8 +192,14 @@ def main(argv=None) -> int:
         first = tuple(s // 2 for s in shape)
     world = image_layer.data_to_world(np.asarray(first, dtype=float))
     viewer.dims.set_point(0, world[0])
-    widget.add_click(first, positive=True)
-    _wait(widget, f"positive click at (z, y, x) {first}")
+    if args.prompt == "click":
+        widget.add_click(first, positive=True)
+        _wait(widget, f"positive click at (z, y, x) {first}")
+    else:  # drawn on the shapes layer (the image's voxel coordinates) on the displayed slice, as a mouse would
+        yx = _drawing(label[first[0]], args.prompt, args.box_margin)
+        vertices = np.column_stack([np.full(len(yx), float(first[0])), yx])
+        widget.shapes_layer.add(vertices, shape_type="rectangle" if args.prompt == "box" else "path")
+        _wait(widget, f"positive {args.prompt} on slice z={first[0]}: {np.round(vertices).astype(int).tolist()}")
     for point in args.negative:
         widget.add_click(tuple(int(round(v)) for v in point), positive=False)
         _wait(widget, f"negative click at {point}")
@@ -191,7 +231,8 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(path=str(out), canvas_only=False, flash=False)
-    print(f"wrote {out} ({shape} voxels, clicks {widget.backend.clicks(1)})")
+    from sam3d_nnunet.prompts.shapes import describe_prompt
+    print(f"wrote {out} ({shape} voxels, prompts {[describe_prompt(p) for p in widget.backend.prompts(1)]})")
     viewer.close()
     return 0
 

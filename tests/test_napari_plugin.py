@@ -336,7 +336,7 @@ def test_box_lasso_scribble_and_edited_mask_reach_the_session_undo_and_a_bad_las
     assert kwargs["positive"] is True and kwargs["class_id"] == 1
     box_mask = np.array(widget.labels_layer.data) == 1
     assert box_mask[obj].any() and not box_mask[z, :, 23:].any(), "slice z: the box; elsewhere the object"
-    assert "1 drawn prompts" in widget.last_status
+    assert "1 drawn prompt;" in widget.last_status
 
     # a negative polygon -> add_lasso (red); a positive path -> add_scribble
     widget.positive = False

@@ -5,8 +5,9 @@ Install with ``pip install -e ".[napari]"`` and start ``napari``; the dock widge
 package (entry point ``napari.manifest``), which contributes:
 
 * the dock widget ``SAM3DWidget`` (``widget.py``): choose a trained model (nnU-Net results folder, dataset,
-  trainer, plans, configuration, folds) and an image, click positive / negative points, undo, reset, choose the
-  class, run the automatic (no-click) mode and save the mask in the input's exact geometry;
+  trainer, plans, configuration, folds) and an image, click positive / negative points, draw positive /
+  negative boxes, lassos and scribbles, send a hand-edited mask as the previous-mask prompt, undo, reset, choose
+  the class, run the automatic (no-click) mode and save the mask in the input's exact geometry;
 * a reader for NIfTI / NRRD / MHA volumes (``io.py``) that reads them as ``sam3d-nnunet predict`` does
   (SimpleITK, array order (z, y, x), layer ``scale`` = spacing in array order, the direction and origin as the
   layer's affine) so that a voxel in the viewer is the voxel the command line uses.

@@ -11,9 +11,9 @@ network. It "segments" by rules anyone can check:
   positive clicks +- ``tolerance``. An opening of ``opening_radius`` voxels before the connectivity test cuts
   thin bridges, holes are filled. Logit +10 inside, -10 outside, as [B, 2, *patch];
 * boxes, lassos, scribbles and a previous mask (``point_types`` and ``dense_prompt``, as the session hands
-  them to SAM3DNet): their sample points act as clicks of their polarity, except that the band of a class
-  without ``bands`` comes from clicks and scribbles only, or, with neither, from the median intensity at the
-  positive boxes' and lassos' points (most of them lie on the object). A positive box or lasso keeps the result
+  them to SAM3DNet): their sample points act as clicks of their polarity, except that for the band of a class
+  without ``bands`` they count once, by their median intensity (most of a box's or lasso's points, and all of a
+  scribble's, lie on the object: one outlier does not widen the band). A positive box or lasso keeps the result
   to the voxels of its slice(s) it covers plus everything off its slice(s); a negative one cuts what it covers.
   A previous mask (dense channel 0) is kept as it is: positive points inside it add nothing, positive points
   outside it add their connected band region (negative clicks only limit what they add; negative boxes and
@@ -124,11 +124,9 @@ class IntensityOracleNet(torch.nn.Module):
         else:
             def local(seed):
                 return float(np.median(img[tuple(slice(max(0, s - 1), s + 2) for s in seed)]))
-            drawn = [s for s, t in zip(seeds, types) if t in (0, 2)]  # clicks and scribbles: every value counts
-            if drawn:
-                values = [local(s) for s in drawn]
-            else:  # boxes and lassos only: most of their points lie on the object
-                values = [float(np.median([local(s) for s in seeds]))]
+            values = [local(s) for s, t in zip(seeds, types) if t == 0]  # clicks: every value counts
+            drawn = [local(s) for s, t in zip(seeds, types) if t != 0]  # boxes, scribbles, lassos: their median
+            values += [float(np.median(drawn))] if drawn else []
             lo, hi = min(values) - self.tolerance, max(values) + self.tolerance
         region = self._band(img, lo, hi)
         if len(negatives):  # keep the voxels nearer to a positive than to any negative click

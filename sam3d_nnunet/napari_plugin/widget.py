@@ -873,7 +873,7 @@ class SAM3DWidget(QWidget):
         n = int(np.count_nonzero(s.label_map == s.class_id))
         pos = sum(1 for _, b in s.clicks if b)
         volume = f" ({n * self._voxel_ml:.1f} ml)" if self._voxel_ml else ""
-        drawn = f", {len(s.shapes)} drawn prompts" if s.shapes else ""
+        drawn = f", {len(s.shapes)} drawn prompt{'s' if len(s.shapes) > 1 else ''}" if s.shapes else ""
         drawn += ", a mask prompt" if s.has_mask_prompt else ""
         self._set_status(f"{op.description}: done in {seconds:.1f} s. Class {s.class_id}: {pos} positive, "
                          f"{len(s.clicks) - pos} negative clicks{drawn}; mask {n} voxels{volume}." + self._model_note())
