@@ -141,7 +141,7 @@ class SAM3DPlanner(ExperimentPlanner):
                  overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
                  suppress_transpose: bool = False,
                  sam_variant: Optional[str] = None, sam_checkpoint: Optional[str] = None,
-                 finetune: str = "adapter", decoder: str = "mla"):
+                 finetune: str = "adapter", decoder: str = "mla", click_maps: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
         self.sam_variant = sam_variant or self.default_sam_variant
@@ -154,6 +154,7 @@ class SAM3DPlanner(ExperimentPlanner):
         self.sam_checkpoint = sam_checkpoint
         self.finetune = finetune
         self.decoder = decoder  # "mla": the paper's decoder; "linear": the faster, non-paper one
+        self.click_maps = bool(click_maps)  # clicks also as dense balls (SAM3DNet's click_maps; not the paper's)
         self.memory_target_gb = float(gpu_memory_target_in_gb)
         self.refuse_unsupported_labels()
         self.spacing_decision: Optional[dict] = None
@@ -353,6 +354,8 @@ class SAM3DPlanner(ExperimentPlanner):
             "decoder": self.decoder,
             "gradient_checkpointing": checkpointing,
         }
+        if self.click_maps:
+            arch_kwargs["click_maps"] = True
         resampling_data, resampling_data_kwargs, resampling_seg, resampling_seg_kwargs = self.determine_resampling()
         resampling_softmax, resampling_softmax_kwargs = self.determine_segmentation_softmax_export_fn()
         normalization_schemes, mask_is_used_for_norm = \

@@ -26,9 +26,9 @@ Other kinds of dataset, from the same anatomy (``generate_phantom_dataset`` keyw
   the CT image itself. The one-channel CT dataset is byte-identical to what earlier versions wrote.
 * ``n_classes`` (default None: organ 1 + tumour 2): ``n_classes`` small spheres ("structure_01" ..),
   one per class, each with its own intensity, for datasets with many labels.
-* ``lesion_pair=True``: the demo's phantoms, where a click decides which object is meant. One organ holds
-  two lesions of the same size (radius 3.5-5 voxels at 48^3, about 150-500 voxels): a bright one (about
-  +130 HU) and a dark one (about -10 HU) in an organ of about +60 HU. Which of the two is the labelled
+* ``lesion_pair=True``: the demo's phantoms, where a click decides which object is meant. Two organs side by
+  side each hold a lesion of about the same size (radius 3.5-4.5 voxels at 32^3, about 200-400 voxels): a
+  bright one (about +130 HU) and a dark one (about -10 HU) in organs of about +60 HU. Which of the two is the labelled
   tumour (label 2) is drawn at random per case; the other one is labelled organ (1). No automatic model
   can know which lesion is meant, one click on it says so (``make_lesion_pair_case``).
 * ``ignore_label``: an ``ignore`` label (value = highest class + 1) covering the voxels of the last
@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 
 LABELS = {"background": 0, "organ": 1, "tumour": 2}
-LESION_PAIR_RADIUS = (0.073, 0.104)  # lesion radius / smallest image side: 3.5-5 voxels at 48^3
+LESION_PAIR_RADIUS = (0.11, 0.14)  # lesion radius / smallest image side: 3.5-4.5 voxels at 32^3
 
 # MRI-like sequences: intensity of (air, body, organ, tumour), arbitrary units >= 0
 MRI_CONTRASTS = {
@@ -128,35 +128,34 @@ def make_phantom_case(shape: Sequence[int], spacing: Sequence[float], rng: np.ra
 
 def make_lesion_pair_case(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator,
                           return_decoy: bool = False) -> tuple[np.ndarray, ...]:
-    """One (image int16 in HU, label uint8) pair: body, one organ (label 1) with a bright and a dark lesion of
-    equal size; one of the two, drawn at random, is the tumour (label 2), the other stays organ.
-    ``return_decoy``: also the other lesion's mask (bool), e.g. to click on the wrong object in a test."""
-    from scipy.ndimage import distance_transform_edt, gaussian_filter
+    """One (image int16 in HU, label uint8) pair: body, two organs (label 1) side by side, each holding one lesion
+    of about the same size, a bright one and a dark one; one of the two lesions, drawn at random, is the tumour
+    (label 2), the other stays organ. ``return_decoy``: also the other lesion's mask (bool), e.g. to click on
+    the wrong object in a test."""
+    from scipy.ndimage import gaussian_filter
 
     shape = tuple(int(s) for s in shape)
     spacing = np.asarray(spacing, dtype=float)
     extent = np.asarray(shape, dtype=float)
-    body_c = extent / 2 + rng.uniform(-0.03, 0.03, 3) * extent
-    body_r = rng.uniform(0.40, 0.46, 3) * extent
+    body_c = extent / 2
+    body_r = rng.uniform(0.42, 0.46, 3) * extent
     body = _ellipsoid(shape, body_c, body_r)
     image = np.full(shape, -1000.0, dtype=np.float32)
     image[body] = rng.normal(0.0, 5.0)
-    organ_c = body_c + rng.uniform(-0.1, 0.1, 3) * body_r
-    organ = _ellipsoid(shape, organ_c, rng.uniform(0.62, 0.75, 3) * body_r) & body
-    image[organ] = 60.0 + rng.normal(0.0, 4.0)
     label = np.zeros(shape, dtype=np.uint8)
-    label[organ] = LABELS["organ"]
-
-    radius = float(rng.uniform(*LESION_PAIR_RADIUS) * extent.min())
-    inside = distance_transform_edt(organ) >= radius + 1
-    candidates = np.argwhere(inside)
-    if len(candidates) == 0:  # tiny shapes: the organ's deepest voxels
-        dist = distance_transform_edt(organ)
-        candidates = np.argwhere(dist >= dist.max())
-    first = candidates[int(rng.integers(len(candidates)))].astype(float)
-    far = candidates[np.linalg.norm(candidates - first, axis=1) >= 2 * radius + 2]
-    second = (far[int(rng.integers(len(far)))] if len(far) else candidates[-1]).astype(float)
-    lesions = [_ellipsoid(shape, c, radius * rng.uniform(0.9, 1.1, 3)) & organ for c in (first, second)]
+    side_axis = int(rng.integers(1, 3))  # the organs sit side by side in-plane
+    lesions = []
+    for side in (1, -1):
+        centre = body_c.copy()
+        centre[side_axis] += side * 0.45 * body_r[side_axis]
+        radii = rng.uniform(0.4, 0.5, 3) * body_r
+        radii[side_axis] = 0.4 * body_r[side_axis]
+        organ = _ellipsoid(shape, centre, radii) & body
+        image[organ] = 60.0 + rng.normal(0.0, 4.0)
+        label[organ] = LABELS["organ"]
+        radius = float(rng.uniform(*LESION_PAIR_RADIUS) * extent.min())
+        lesions.append(_ellipsoid(shape, centre + rng.uniform(-1.0, 1.0, 3), radius * rng.uniform(0.9, 1.1, 3))
+                       & organ)
     bright, dark = lesions if rng.random() < 0.5 else lesions[::-1]
     image[bright] = 130.0 + rng.normal(0.0, 5.0)
     image[dark] = -10.0 + rng.normal(0.0, 5.0)
@@ -166,7 +165,7 @@ def make_lesion_pair_case(shape: Sequence[int], spacing: Sequence[float], rng: n
     image = gaussian_filter(image, sigma=0.6 / (spacing / spacing.min()))
     image += rng.normal(0.0, 12.0, shape).astype(np.float32)
     image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
-    return (image, label, decoy & ~tumour) if return_decoy else (image, label)
+    return (image, label, decoy) if return_decoy else (image, label)
 
 
 def mri_channel(label: np.ndarray, body: np.ndarray, name: str, spacing: Sequence[float],
@@ -284,8 +283,8 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
             itk.SetSpacing(sitk_spacing)
             sitk.WriteImage(itk, str(path), useCompression=True)
     if lesion_pair:
-        description = description.replace("organs = 1, tumour = 2", "organ = 1 with a bright and a dark lesion, "
-                                          "one of them drawn at random as tumour = 2")
+        description = description.replace("organs = 1, tumour = 2", "two organs = 1, one with a bright and one with "
+                                          "a dark lesion, one lesion drawn at random as tumour = 2")
     if channel_names == ["CT"] and n_classes is None and not ignore_label and not lesion_pair:
         # exactly what earlier versions wrote
         description = ("Synthetic CT phantoms (body, organs = 1, tumour = 2) made by "

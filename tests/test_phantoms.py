@@ -81,3 +81,22 @@ def test_make_case_is_pure():
     assert all(np.array_equal(p, q) for p, q in zip(x, y))
     with pytest.raises(ValueError):
         generate_phantom_dataset("/tmp/never-written", 0, "X", 1, (8, 8, 8), 0)
+
+
+def test_lesion_pair_phantoms_leave_which_lesion_to_the_prompt(tmp_path):
+    """Two organs, a bright and a dark lesion apart from each other; the tumour is either, drawn per case."""
+    from sam3d_nnunet.phantoms import make_lesion_pair_case
+    tumour_bright = []
+    for i in range(12):
+        image, label, decoy = make_lesion_pair_case((32, 32, 32), (1.0, 1.0, 1.0), np.random.default_rng([0, i]),
+                                                    return_decoy=True)
+        tumour = label == 2
+        assert 100 <= tumour.sum() <= 600 and 100 <= decoy.sum() <= 600, "tens to hundreds of voxels each"
+        assert not (tumour & decoy).any() and (label[decoy] == 1).all(), "the other lesion is organ, apart"
+        t, d, organ = image[tumour].mean(), image[decoy].mean(), image[(label == 1) & ~decoy].mean()
+        assert abs(t - d) > 80 and min(t, d) < organ - 25 < organ + 25 < max(t, d), "one bright, one dark"
+        tumour_bright.append(bool(t > d))
+    assert 0 < sum(tumour_bright) < len(tumour_bright), "which lesion is the tumour varies between cases"
+    folder = generate_phantom_dataset(tmp_path, 953, "Pair", n_cases=2, shape=(32, 32, 32), lesion_pair=True)
+    dj = json.loads((folder / "dataset.json").read_text())
+    assert dj["phantom_lesion_pair"] is True and "drawn at random as tumour" in dj["description"]

@@ -18,7 +18,8 @@ class                               variables (default)                         
                                                                                      (training augmentation
                                                                                      unchanged)
 ``nnUNetTrainerSAM3D_budget``       ``SAM3D_BUDGET_SAM_EPOCHS`` (5),                 SAM3D adapters
-                                    ``SAM3D_BUDGET_SAM_ITERS`` (32)
+                                    ``SAM3D_BUDGET_SAM_ITERS`` (32),
+                                    ``SAM3D_BUDGET_SAM_LR`` (the trainer's 4e-4)
 ==================================  ===============================================  ==========================
 
 All validate on 2 batches per epoch and write ``checkpoint_latest.pth`` every epoch (``--c`` resumes).
@@ -95,6 +96,9 @@ class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         _apply_budget(self, "SAM3D_BUDGET_SAM")
+        lr = os.environ.get("SAM3D_BUDGET_SAM_LR", "").strip()
+        if lr:  # a short schedule from random weights learns faster with a larger step than the paper's
+            self.initial_lr = float(lr)
 
 
 __all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",

@@ -3,8 +3,8 @@
 Steps (each says what it does; a rerun in the same ``--workdir`` skips or resumes finished steps):
 
 1. generate deterministic synthetic CT-like phantoms with ``sam3d_nnunet.phantoms`` as an nnU-Net raw dataset
-   (``Dataset990_SAM3DDemo``): an organ (label 1) holding a bright and a dark lesion of the same size; one of
-   the two, drawn at random per case, is the tumour (label 2). No automatic model can know which lesion is
+   (``Dataset990_SAM3DDemo``): two organs (label 1) side by side, one holding a bright and one a dark lesion;
+   one of the two lesions, drawn at random per case, is the tumour (label 2). No automatic model can know which lesion is
    meant; one click on it says so, which is what a promptable model is for;
 2. write a SAM-format checkpoint of the small ``tiny`` encoder with RANDOM weights
    (``sam3d_nnunet.model.write_random_sam_checkpoint``): the real SAM weights cannot be downloaded offline, so
@@ -54,13 +54,14 @@ class DemoBudget:
     """What the demo generates and how long it trains (the full demo, or the reduced one of the tests)."""
 
     n_cases: int = 20
-    shape: tuple = (48, 48, 48)
+    shape: tuple = (32, 32, 32)
     spacing: tuple = (1.0, 1.0, 1.0)
     phantom_seed: int = 0
-    sam_epochs: int = 5
-    sam_iterations: int = 32
-    nnunet_epochs: int = 5
-    nnunet_iterations: int = 32
+    sam_epochs: int = 12
+    sam_iterations: int = 50
+    sam_lr: float = 3e-3
+    nnunet_epochs: int = 12
+    nnunet_iterations: int = 50
     clicks: tuple = (1, 3, 10)
     iterative: int = 5
     baseline_timing_cases: int = 2
@@ -140,6 +141,7 @@ class _Demo:
                    nnUNet_compile="false", PYTHONUNBUFFERED="1",
                    SAM3D_BUDGET_SAM_EPOCHS=str(self.budget.sam_epochs),
                    SAM3D_BUDGET_SAM_ITERS=str(self.budget.sam_iterations),
+                   SAM3D_BUDGET_SAM_LR=str(self.budget.sam_lr),
                    SAM3D_BUDGET_NNUNET_EPOCHS=str(self.budget.nnunet_epochs),
                    SAM3D_BUDGET_NNUNET_ITERS=str(self.budget.nnunet_iterations))
         env.setdefault("nnUNet_def_n_proc", "2")
@@ -202,8 +204,8 @@ class _Demo:
     # -------------------------------------------------------------- steps
     def generate(self) -> None:
         b = self.budget
-        t0 = self.step(1, f"Generating {b.n_cases} synthetic CT phantoms (an organ with a bright and a dark lesion, "
-                          f"one of them the tumour: a click says which; "
+        t0 = self.step(1, f"Generating {b.n_cases} synthetic CT phantoms (two organs, one with a bright and one with a dark "
+                          f"lesion, one lesion the tumour: a click says which; "
                           f"{'x'.join(map(str, b.shape))} voxels, seed {b.phantom_seed}) as nnU-Net raw dataset "
                           f"{self.name} ...")
         folder = self.raw / self.name
@@ -249,6 +251,7 @@ class _Demo:
             return
         self.run_logged([_exe("sam3d-nnunet"), "plan_and_preprocess", "-d", str(DATASET_ID), "-pl", "SAM3DPlanner",
                          "-c", "3d_fullres", "--sam-variant", "tiny", "--sam-checkpoint", str(self.sam_ckpt),
+                         "--click-maps",
                          "-npfp", "2", "-np", "2", "--no_pbar"], "3_plan_sam3d.log", _plan_filter)
         self.done(t0)
 

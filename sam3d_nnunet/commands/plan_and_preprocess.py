@@ -75,17 +75,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--decoder", default="mla", choices=["mla", "linear"],
                         help="mla: the paper's multi-layer-aggregation decoder (default); linear: a faster "
                              "decoder with a linear fusion head, not the paper's (BENCHMARKS.md compares them)")
+    parser.add_argument("--click-maps", dest="click_maps", action="store_true",
+                        help="clicks also enter the network as dense maps (where they are), not only through the "
+                             "sampled features as in the paper; needed to learn to follow clicks on a short budget")
     parser.set_defaults(func=run)
     return parser
 
 
-def planner_for(name: str, sam_variant: str, sam_checkpoint: str | None, decoder: str = "mla"):
+def planner_for(name: str, sam_variant: str, sam_checkpoint: str | None, decoder: str = "mla",
+                click_maps: bool = False):
     """The planner class (bound to the SAM options) for a SAM planner name, else None."""
     if name not in SAM_PLANNERS:
         return None
     from sam3d_nnunet.planners import sam3d_planner
     cls = getattr(sam3d_planner, name)
-    return functools.partial(cls, sam_variant=sam_variant, sam_checkpoint=sam_checkpoint, decoder=decoder)
+    return functools.partial(cls, sam_variant=sam_variant, sam_checkpoint=sam_checkpoint, decoder=decoder,
+                             click_maps=click_maps)
 
 
 class PlanningInputError(Exception):
@@ -145,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if args.d is None:
         print("sam3d-nnunet plan_and_preprocess: error: -d DATASET_ID is required", file=sys.stderr)
         return 2
-    ours = planner_for(args.pl, args.sam_variant, args.sam_checkpoint, args.decoder)
+    ours = planner_for(args.pl, args.sam_variant, args.sam_checkpoint, args.decoder, args.click_maps)
     if ours is None and args.sam_checkpoint is not None:
         print(f"WARNING: planner {args.pl} is not a SAM3D planner; --sam-variant/--sam-checkpoint are ignored",
               file=sys.stderr)

@@ -22,6 +22,8 @@ imported from the authors' checkpoint computes their function exactly, and train
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import MLPBlock
@@ -57,6 +59,27 @@ def sample_features_at_clicks(feature_map: torch.Tensor, clicks: torch.Tensor,
     sampled = F.grid_sample(feature_map, grid.view(b, n, 1, 1, 3), mode="bilinear", padding_mode="zeros",
                             align_corners=False)
     return sampled.view(b, feature_map.shape[1], n).transpose(1, 2)
+
+
+def click_balls(clicks: torch.Tensor, click_labels: torch.Tensor, crop_size: tuple[int, int, int],
+                radius: float = 2.0) -> torch.Tensor:
+    """Clicks [B, N, 3] (voxels, array order) with labels [B, N] (1, 0, -1 padding) as a dense prompt
+    [B, DENSE_PROMPT_CHANNELS, *crop]: a ball of ``radius`` voxels per click in the positive (channel 1) or
+    negative (channel 2) region channel, channel 0 (previous mask) empty. ``SAM3DNet(click_maps=True)`` adds
+    them to the dense prompt: clicks then also say WHERE, which the sampler's feature reading does not."""
+    b, n, _ = clicks.shape
+    dense = clicks.new_zeros(b, DENSE_PROMPT_CHANNELS, *crop_size)
+    r = int(math.ceil(radius))
+    offsets = torch.stack(torch.meshgrid(*(torch.arange(-r, r + 1, device=clicks.device) for _ in range(3)),
+                                         indexing="ij"), dim=-1).reshape(-1, 3)
+    offsets = offsets[(offsets.float() ** 2).sum(-1) <= radius ** 2]
+    size = torch.tensor(crop_size, device=clicks.device)
+    for i, j in (click_labels >= 0).nonzero().tolist():
+        voxels = clicks[i, j].round().long() + offsets
+        voxels = voxels[((voxels >= 0) & (voxels < size)).all(-1)]
+        channel = 1 if int(click_labels[i, j]) == 1 else 2
+        dense[i, channel, voxels[:, 0], voxels[:, 1], voxels[:, 2]] = 1.0
+    return dense
 
 
 class TokenAttention(nn.Module):

@@ -19,7 +19,7 @@ from .finetune import apply_finetune_policy, check_policy
 from .image_encoder import ImageEncoder3D
 from .linear_decoder import LinearHeadDecoder3D
 from .mask_decoder import MLADecoder3D
-from .prompt_encoder import PAD_LABEL, VisualSampler
+from .prompt_encoder import PAD_LABEL, VisualSampler, click_balls
 from .variants import TokenStride, get_variant, with_depth
 
 #: bumped whenever a change makes older checkpoints compute something else; stored in every state dict
@@ -49,6 +49,10 @@ class SAM3DNet(nn.Module):
     ``deep_supervision`` is accepted for nnU-Net's signature and ignored (there is one output scale).
     ``decoder``: "mla" (the paper's) or "linear" (faster, not the paper's). ``depth``: fewer blocks than the
     SAM variant has (SAM's weights of those blocks only; used to import shallow reference checkpoints).
+    ``click_maps``: clicks also enter the dense prompt as balls (``prompt_encoder.click_balls``), which tells the
+    network where they are; not the paper's (its clicks act only through the sampled features), and with the
+    dense encoder at zero (imported weights) exactly inert. A short training from random weights needs it to
+    learn to follow clicks (tests/test_learning.py).
     """
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
@@ -56,7 +60,7 @@ class SAM3DNet(nn.Module):
                  window_size: int = 8, adapter_dim: int | None = None, neck_dim: int | None = None,
                  finetune: str = "adapter", lora_rank: int = 8, num_global_queries: int = 10,
                  patch_embed_mode: str = "fused", gradient_checkpointing: bool = False, decoder: str = "mla",
-                 depth: int | None = None) -> None:
+                 depth: int | None = None, click_maps: bool = False) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
@@ -64,6 +68,7 @@ class SAM3DNet(nn.Module):
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
         self.variant = with_depth(get_variant(variant), depth)
         self.decoder_kind = decoder
+        self.click_maps = bool(click_maps)
         self.finetune = check_policy(finetune)
         self.num_classes = num_classes
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -134,6 +139,10 @@ class SAM3DNet(nn.Module):
                              f"[B, N, 3] and [B, N] with B = {b}")
         target_class = torch.as_tensor(target_class, dtype=torch.long, device=device).expand(b)
         point_types = None if point_types is None else point_types.long()
+        if self.click_maps and clicks.shape[1]:
+            is_click = click_labels >= 0 if point_types is None else (click_labels >= 0) & (point_types == 0)
+            balls = click_balls(clicks.float(), torch.where(is_click, click_labels.long(), -1), self.patch_size)
+            dense_prompt = balls if dense_prompt is None else torch.maximum(dense_prompt.float(), balls)
         deepest = self.prompt_encoder(levels[-1], clicks.to(levels[-1].dtype), click_labels.long(), target_class,
                                       self.patch_size, point_types, dense_prompt)
         return self.mask_decoder(deepest, features.prompt_independent, self.patch_size)
