@@ -230,3 +230,24 @@ def test_unknown_decoder_and_bad_depth_are_refused():
         tiny_model(decoder="unet")
     with pytest.raises(ValueError, match="multiple of 4"):
         tiny_model(depth=3)
+
+
+def test_click_maps_put_each_click_where_it_is_and_are_inert_at_zero():
+    from sam3d_nnunet.model.prompt_encoder import click_balls
+    clicks = torch.tensor([[[3.0, 4.0, 5.0], [10.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[1, 0, -1]])
+    balls = click_balls(clicks, labels, (16, 16, 16), radius=1.0)
+    assert balls.shape == (1, 3, 16, 16, 16) and balls[:, 0].sum() == 0, "channel 0 is the previous mask"
+    assert balls[0, 1, 3, 4, 5] == 1 and balls[0, 1].sum() == 7, "a positive ball of radius 1 (7 voxels)"
+    assert balls[0, 2, 10, 1, 0] == 1 and balls[0, 2].sum() == 6, "a negative one, cut at the border (x = -1)"
+    torch.manual_seed(0)
+    plain = SAM3DNet(1, 3, variant="tiny", patch_size=(32,) * 3, token_stride=4, window_size=4).eval()
+    mapped = SAM3DNet(1, 3, variant="tiny", patch_size=(32,) * 3, token_stride=4, window_size=4, click_maps=True).eval()
+    mapped.load_state_dict(plain.state_dict())
+    image, c, l = torch.randn(1, 1, 32, 32, 32), torch.tensor([[[8.0, 9.0, 10.0]]]), torch.ones(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(plain(image, c, l, 1), mapped(image, c, l, 1)), "zero dense conv: exactly the paper's"
+        torch.nn.init.normal_(mapped.prompt_encoder.dense_encoder.weight, std=0.1)
+        moved = mapped(image, c, l, 1)
+        assert not torch.allclose(plain(image, c, l, 1), moved)
+        assert not torch.allclose(moved, mapped(image, c + 12, l, 1)), "the map says where the click is"
