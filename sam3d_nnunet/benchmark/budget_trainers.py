@@ -19,6 +19,10 @@ class                               variables (default)                         
                                                                                      unchanged)
 ``nnUNetTrainerSAM3D_budget``       ``SAM3D_BUDGET_SAM_EPOCHS`` (5),                 SAM3D adapters
                                     ``SAM3D_BUDGET_SAM_ITERS`` (32)
+``nnUNetTrainerSAM3D_allprompts_``  same                                             SAM3D adapters trained with
+``budget``                                                                           every prompt type
+                                                                                     (``nnUNetTrainerSAM3D_``
+                                                                                     ``allprompts``)
 ==================================  ===============================================  ==========================
 
 All validate on 2 batches per epoch and write ``checkpoint_latest.pth`` every epoch (``--c`` resumes).
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D
+from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D, nnUNetTrainerSAM3D_allprompts
 
 SHIM_MODULE = "sam3d_budget_ext_trainers.py"
 
@@ -97,5 +101,16 @@ class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
         _apply_budget(self, "SAM3D_BUDGET_SAM")
 
 
+class nnUNetTrainerSAM3D_allprompts_budget(nnUNetTrainerSAM3D_allprompts):
+    """``nnUNetTrainerSAM3D_allprompts`` (clicks, boxes, scribbles, lassos, previous masks) with the SAM3D short
+    budget (``SAM3D_BUDGET_SAM_*``, see the module docstring)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _apply_budget(self, "SAM3D_BUDGET_SAM")
+
+
 __all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
+           "nnUNetTrainerSAM3D_allprompts_budget",
            "write_ext_trainer_shim"]
