@@ -23,6 +23,8 @@ class                               variables (default)                         
 ``budget``                                                                           every prompt type
                                                                                      (``nnUNetTrainerSAM3D_``
                                                                                      ``allprompts``)
+``..._allprompts_budget_noTTA``     same                                             same, automatic validation
+                                                                                     without mirroring
 ==================================  ===============================================  ==========================
 
 All validate on 2 batches per epoch and write ``checkpoint_latest.pth`` every epoch (``--c`` resumes).
@@ -82,14 +84,19 @@ class nnUNetTrainer_budget(nnUNetTrainer):
         _apply_budget(self, "SAM3D_BUDGET_NNUNET")
 
 
-class nnUNetTrainer_budget_noTTA(nnUNetTrainer_budget):
-    """As ``nnUNetTrainer_budget``, but validation/inference without test-time mirroring (8x cheaper in 3D;
-    the SAM3D predictor does not mirror either). Training augmentation keeps nnU-Net's mirroring."""
+class _NoTestTimeMirroring:
+    """Validation/inference without test-time mirroring (8x cheaper in 3D; the SAM3D predictor does not mirror
+    either). Training augmentation keeps nnU-Net's mirroring."""
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return out
+
+
+class nnUNetTrainer_budget_noTTA(_NoTestTimeMirroring, nnUNetTrainer_budget):
+    """As ``nnUNetTrainer_budget``, but validation/inference without test-time mirroring (8x cheaper in 3D;
+    the SAM3D predictor does not mirror either). Training augmentation keeps nnU-Net's mirroring."""
 
 
 class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
@@ -111,6 +118,11 @@ class nnUNetTrainerSAM3D_allprompts_budget(nnUNetTrainerSAM3D_allprompts):
         _apply_budget(self, "SAM3D_BUDGET_SAM")
 
 
+class nnUNetTrainerSAM3D_allprompts_budget_noTTA(_NoTestTimeMirroring, nnUNetTrainerSAM3D_allprompts_budget):
+    """As ``nnUNetTrainerSAM3D_allprompts_budget``, but the automatic validation (``fold_X/validation``) without
+    test-time mirroring; the prompted validation never mirrors."""
+
+
 __all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
-           "nnUNetTrainerSAM3D_allprompts_budget",
+           "nnUNetTrainerSAM3D_allprompts_budget", "nnUNetTrainerSAM3D_allprompts_budget_noTTA",
            "write_ext_trainer_shim"]
