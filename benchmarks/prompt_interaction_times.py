@@ -20,7 +20,8 @@ prompt (``ClassPrompt.from_prompts``, mapped into the preprocessed array), the d
 mapping, timed separately); ``windows`` the number of windows the decoder ran over. Prints a table and writes
 JSON (median and minimum, the ratio to the click). On a machine shared with other jobs the wall times scatter,
 so the process's CPU time (``time.process_time``, all its threads) is recorded too: it counts the work, not the
-waiting. Threads: torch's default (all cores); the machine's load is recorded.
+waiting (with ``--threads 1``: with several threads, a thread waiting for another spins and counts). Threads:
+torch's default (all cores) unless ``--threads``; the machine's load is recorded.
 """
 from __future__ import annotations
 
@@ -110,12 +111,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--case-id", dest="case_id", default=None, help="seeds the prompts (default: from LABEL)")
     parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default 0: torch's default; 1 makes the CPU time a clean measure of "
+                             "the work: no thread waits spinning on a shared machine)")
     parser.add_argument("--feature-cache-size", dest="cache", type=int, default=64,
                         help="encoder windows the session keeps (default 64: every kind's windows stay cached)")
     parser.add_argument("-o", dest="output", default=None, help="JSON output")
     args = parser.parse_args(argv)
     import torch
     from sam3d_nnunet.inference import InteractiveSession
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     fold = int(args.fold) if args.fold.isdigit() else args.fold
     case_id = args.case_id or os.path.basename(args.label).split(".")[0]
     label = _load_label(args.label)
