@@ -57,6 +57,8 @@ def plot_metric_vs_clicks(results: dict, metric: str, path: str) -> None:
     fig, axes = plt.subplots(1, len(classes), figsize=(5.2 * len(classes), 4.2), squeeze=False)
     n_it = results["iterative_steps"]
     n_box = results.get("box_iterative_steps", 0)
+    shapes = any(BOX in results["methods"][k]["summary"] or SCRIBBLE in results["methods"][k]["summary"]
+                 for k in results["sam_methods"])
     max_x = max([0] + list(results["clicks"]) + [n_it, n_box + 1])
     for ax, c in zip(axes[0], classes):
         for i, key in enumerate(results["sam_methods"]):
@@ -92,16 +94,14 @@ def plot_metric_vs_clicks(results: dict, metric: str, path: str) -> None:
             ax.axhline(b, color=BASE_COLOUR, lw=2, label=f"{_short(results['methods'][results['baseline']]['display'])}")
         ax.set_title(f"{results['labels'][c]} (label {c})")
         ax.set_xlabel("interactions per class: clicks, or a box / scribble + clicks (0 = automatic)"
-                      if n_box or any(BOX in results["methods"][k]["summary"] or SCRIBBLE in
-                                      results["methods"][k]["summary"] for k in results["sam_methods"])
-                      else "clicks per class (0 = automatic)")
+                      if shapes else "clicks per class (0 = automatic)")
         ax.set_ylabel(f"mean {metric}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlim(-0.5, max_x + 0.5)
         ax.set_xticks(sorted({0, *results["clicks"], *range(1, max(n_it, n_box + 1) + 1)}))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{results['dataset']}: {metric} against the number of clicks "
+    fig.suptitle(f"{results['dataset']}: {metric} against the number of {'interactions' if shapes else 'clicks'} "
                  f"({len(results['cases'])} validation cases)")
     fig.tight_layout()
     _save(fig, path)
