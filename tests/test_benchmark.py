@@ -89,6 +89,69 @@ def test_correction_clicks_in_native_space():
     assert all(len(same[c].clicks) == 1 for c in (1, 2))
 
 
+def test_box_protocol_is_the_bounding_box_of_each_class_and_jitter_is_seeded():
+    from sam3d_nnunet.benchmark.protocols import bounding_box_prompts, prompts_from_json, prompts_to_json
+    from sam3d_nnunet.prompts.shapes import BoxPrompt, encode_prompts
+    lab = _label()
+    boxes = bounding_box_prompts(lab, "case_001", [1, 2], seed=0)
+    assert sorted(boxes) == [1, 2]
+    for c, (lo, hi) in {1: ((5, 6, 4), (24, 25, 23)), 2: ((12, 12, 10), (16, 17, 14))}.items():
+        (box,) = boxes[c]
+        assert isinstance(box, BoxPrompt) and box.positive
+        assert tuple(box.lo) == lo and tuple(box.hi) == hi, "the exact bounding box, no jitter by default"
+        dense = encode_prompts([box], lab.shape).dense
+        assert dense[1][lab == c].all(), "the box covers every voxel of its class"
+    assert bounding_box_prompts(lab, "other", [1, 2], seed=7) == boxes, "no jitter: no seed involved"
+    a = bounding_box_prompts(lab, "case_001", [1, 2], seed=0, jitter=0.3)
+    assert a == bounding_box_prompts(lab, "case_001", [1, 2], seed=0, jitter=0.3), "seeded"
+    assert a != bounding_box_prompts(lab, "case_001", [1, 2], seed=1, jitter=0.3)
+    for c in (1, 2):
+        assert np.all(a[c][0].lo <= boxes[c][0].lo) and np.all(a[c][0].hi >= boxes[c][0].hi), "jitter widens"
+        assert np.all(a[c][0].lo >= 0) and np.all(a[c][0].hi <= np.array(lab.shape) - 1), "inside the image"
+    lab2 = np.where(lab == 2, 1, lab)
+    assert sorted(bounding_box_prompts(lab2, "x", [1, 2], 0)) == [1], "an absent class gets no box"
+    assert prompts_from_json(prompts_to_json(boxes)) == boxes, "JSON round trip"
+
+
+def test_scribble_protocol_is_seeded_and_on_its_class():
+    from sam3d_nnunet.benchmark.protocols import prompts_from_json, prompts_to_json, scribble_prompts
+    from sam3d_nnunet.prompts.shapes import ClickPrompt, ScribblePrompt, prompt_points
+    lab = _label()
+    a = scribble_prompts(lab, "case_001", [1, 2], seed=0)
+    assert sorted(a) == [1, 2]
+    for c in (1, 2):
+        (s,) = a[c]
+        assert isinstance(s, ScribblePrompt) and s.positive and len(s.points) >= 2
+        pts = np.round(np.asarray(s.points)).astype(int)
+        assert (lab[tuple(pts.T)] == c).all(), "every vertex on its class"
+        sampled = np.round(prompt_points(s, lab.shape)).astype(int)
+        assert (lab[tuple(sampled.T)] == c).all(), "the points the sampler reads too"
+    b = scribble_prompts(lab, "case_001", [1, 2], seed=0)
+    assert prompts_to_json(a) == prompts_to_json(b), "same seed, same scribbles"
+    assert prompts_to_json(scribble_prompts(lab, "case_001", [1, 2], seed=1)) != prompts_to_json(a)
+    assert prompts_to_json(prompts_from_json(prompts_to_json(a))) == prompts_to_json(a)
+    single = np.zeros((8, 8, 8), np.uint8)
+    single[3, 4, 5] = 1
+    (only,) = scribble_prompts(single, "x", [1], 0)[1]
+    assert isinstance(only, ClickPrompt) and only.point == (3.0, 4.0, 5.0), "no room for a walk: a click"
+
+
+def test_box_then_correction_clicks_in_native_space():
+    from sam3d_nnunet.benchmark.protocols import add_correction_click_prompts, bounding_box_prompts
+    from sam3d_nnunet.prompts.shapes import BoxPrompt, ClickPrompt
+    lab = _label()
+    boxes = bounding_box_prompts(lab, "c", [1, 2], 0)
+    pred = lab.copy()
+    pred[5:25, 6:26, 4:12][pred[5:25, 6:26, 4:12] == 1] = 0  # half the organ missed
+    nxt = add_correction_click_prompts(boxes, pred, lab, spacing=(1.0, 1.0, 1.0))
+    assert isinstance(nxt[1][0], BoxPrompt) and nxt[1][0] == boxes[1][0], "the box is kept"
+    click = nxt[1][1]
+    assert isinstance(click, ClickPrompt) and click.positive
+    assert lab[tuple(np.array(click.point, int))] == 1 and pred[tuple(np.array(click.point, int))] != 1
+    assert nxt[2] == boxes[2], "an exact class gets no click"
+    assert len(boxes[1]) == 1, "the input is not changed"
+
+
 def test_area_under_dice_curve():
     from sam3d_nnunet.benchmark.protocols import area_under_curve
     assert area_under_curve([0.5, 0.7, 0.9]) == pytest.approx(0.7)
@@ -319,6 +382,64 @@ def test_benchmark_is_deterministic_in_fresh_folders_and_a_rerun_reuses_predicti
     assert other["cases"][case]["clicks"]["clicks_1"] != a["cases"][case]["clicks"]["clicks_1"]
     assert set(other["methods"][SAM]["summary"]) == {"clicks_1"}
     assert (tmp_path / "seed5" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_benchmark_box_and_scribble_protocols_on_phantoms(demo_workdir, tmp_path, monkeypatch):
+    """1 box, box + 2 correction clicks and 1 scribble per class on the reduced demo's validation cases: seeded
+    prompts recomputable from the ground truth and on their class, a curve of N + 1 points, finite scores, the
+    report's rows and table, the plot."""
+    import SimpleITK as sitk
+    from sam3d_nnunet.benchmark.protocols import bounding_box_prompts, prompts_to_json, scribble_prompts
+    from sam3d_nnunet.benchmark.runner import run_benchmark
+    for k, v in _env(demo_workdir).items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "shapes"
+    r = run_benchmark(_config(out, clicks=[1], iterative=0, auto=False, box_iterative=2, scribble=True, plots=True))
+    sam = r["methods"][SAM]
+    assert r["box"] is True and r["box_iterative_steps"] == 2 and r["scribble"] is True
+    steps = ["box_iterative_step_0", "box_iterative_step_1", "box_iterative_step_2"]
+    for case in r["cases"]:
+        protocols = sam["per_case"][case]["protocols"]
+        assert set(protocols) == {"clicks_1", "box", "scribble", *steps}
+        assert protocols["box_iterative_step_0"]["same_as"] == "box"
+        for p, entry in protocols.items():
+            for c in ("1", "2"):
+                for k in ("Dice", "NSD@1mm", "NSD@5mm"):
+                    v = entry["metrics"][c][k]
+                    assert v is not None and np.isfinite(v) and 0.0 <= v <= 1.0, (case, p, c, k, v)
+        gt = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_workdir / "nnUNet_preprocessed" / NAME /
+                                                       "gt_segmentations" / f"{case}.nii.gz")))
+        recorded = r["cases"][case]["prompts"]
+        assert recorded["box"] == prompts_to_json(bounding_box_prompts(gt, case, [1, 2], 0)), "seeded, recomputable"
+        assert recorded["scribble"] == prompts_to_json(scribble_prompts(gt, case, [1, 2], 0))
+        for c in ("1", "2"):
+            (box,) = recorded["box"][c]["prompts"]
+            lo, hi = np.array(box["corners_zyx"], int)
+            assert (gt[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] == int(c)).sum() == (gt == int(c)).sum()
+            (scribble,) = recorded["scribble"][c]["prompts"]
+            pts = np.round(np.array(scribble.get("points_zyx", [scribble.get("point_zyx")]))).astype(int)
+            assert (gt[tuple(pts.T)] == int(c)).all(), "the scribble lies on its class"
+        for s in (1, 2):  # every step keeps the box and adds at most one click per class
+            for c, v in protocols[steps[s]]["prompts"].items():
+                prev = protocols[steps[s - 1]]["prompts"][c]["prompts"]
+                assert v["prompts"][: len(prev)] == prev and len(v["prompts"]) - len(prev) in (0, 1)
+                assert v["prompts"][0]["type"] == "box" and all(q["type"] == "click" for q in v["prompts"][1:])
+        for c in ("1", "2"):
+            curve = sam["box_iterative"]["per_case"][case][c]["curves"]["Dice"]
+            assert len(curve) == 3 and all(np.isfinite(curve)), curve
+            assert sam["box_iterative"]["per_case"][case][c]["auc"]["Dice"] == pytest.approx(np.mean(curve))
+    for p in ("box", "scribble", "box_iterative_step_2"):
+        for c in ("1", "2"):
+            assert all(np.isfinite(sam["summary"][p]["mean"][c][k]) for k in ("Dice", "NSD@5mm")), (p, c)
+    assert len(sam["box_iterative"]["per_class"]["1"]["mean_curve"]["Dice"]) == 3
+    report = (out / "report.md").read_text()
+    for row in ("|  | 1 box |", "|  | box + 2 corrections (final) |", "|  | 1 scribble |",
+                "## Box then correction clicks (box + 2 clicks per class)", "| box | +1 click | +2 clicks |"):
+        assert row in report, row
+    assert (out / "dice_vs_clicks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["methods"][SAM]["summary"].keys() == sam["summary"].keys()
 
 
 @pytest.mark.slow

@@ -42,9 +42,13 @@ def test_budget_trainers_are_found_by_nnunet_and_read_their_budget(tmp_path, mon
     from sam3d_nnunet.commands.ext_trainer_dir import ext_trainer_dir
     folder = bt.write_ext_trainer_shim(tmp_path / "ext")
     monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([ext_trainer_dir(), str(folder)]))
-    for name in ("nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget"):
+    for name in ("nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
+                 "nnUNetTrainerSAM3D_allprompts_budget", "nnUNetTrainerSAM3D_allprompts_budget_noTTA"):
         cls = recursive_find_trainer_class_by_name(name)
         assert cls is getattr(bt, name) and cls.__module__ == "sam3d_nnunet.benchmark.budget_trainers"
+    from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D_allprompts
+    assert issubclass(bt.nnUNetTrainerSAM3D_allprompts_budget_noTTA, nnUNetTrainerSAM3D_allprompts)
+    assert bt.nnUNetTrainerSAM3D_allprompts_budget.prompt_mix == nnUNetTrainerSAM3D_allprompts.prompt_mix
     monkeypatch.setenv("SAM3D_BUDGET_SAM_ITERS", "7")
     assert bt._env_int("SAM3D_BUDGET_SAM_ITERS", 32) == 7
     monkeypatch.setenv("SAM3D_BUDGET_SAM_ITERS", "0")

@@ -92,3 +92,29 @@ def test_dense_prompts_resample_only_their_box_exactly_like_trilinear(shape_in, 
     expected = torch.nn.functional.interpolate(x[None], size=shape_out, mode="trilinear", align_corners=False)[0]
     torch.testing.assert_close(resample_nonzero_box(x, shape_out), expected, rtol=0, atol=1e-6)
     assert not resample_nonzero_box(torch.zeros(1, *shape_in), shape_out).any()
+
+
+@pytest.mark.parametrize("transpose", [(0, 1, 2), (2, 0, 1)])
+def test_dense_prompt_mapping_reads_only_the_boxes_the_encoder_wrote(transpose):
+    """``encode_prompts`` records per channel the box of what it wrote (a box, a lasso, a mask); mapping the dense
+    prompt with those boxes gives exactly the mapping that searches the whole array for its non-zero part."""
+    from sam3d_nnunet.inference.prompted_predictor import ClassPrompt, class_prompt_to_preprocessed
+    from sam3d_nnunet.prompts.shapes import BoxPrompt, LassoPrompt, MaskPrompt, encode_prompts, nonzero_box
+    shape = (12, 20, 18)
+    mask = np.zeros(shape, np.float32)
+    mask[3:6, 4:9, 10:12] = 0.7
+    prompts = [BoxPrompt((2, 3, 4), (7, 9, 8)), LassoPrompt([(5, 12, 2), (5, 18, 3), (5, 16, 9)], False),
+               BoxPrompt((8, 1, 1), (10, 2, 5)), MaskPrompt(mask)]
+    enc = encode_prompts(prompts, shape)
+    for channel, box in enumerate(enc.dense_box):
+        assert box == nonzero_box(enc.dense[channel]), channel
+    assert encode_prompts(prompts[:1], shape).dense_box[0] is None and encode_prompts(prompts[:2], shape).dense_box[2]
+    raw_t = [shape[a] for a in transpose]  # the crop (transposed order) cuts into the prompts
+    props = {"bbox_used_for_cropping": [[1, raw_t[0] - 1], [2, raw_t[1]], [0, raw_t[2] - 1]]}
+    props["shape_after_cropping_and_before_resampling"] = [b - a for a, b in props["bbox_used_for_cropping"]]
+    pre_shape = (7, 25, 30)
+    with_box = class_prompt_to_preprocessed(ClassPrompt.from_prompts(prompts, shape), props, transpose, pre_shape)
+    without = class_prompt_to_preprocessed(ClassPrompt(enc.points, enc.labels, enc.types, enc.dense), props,
+                                           transpose, pre_shape)
+    assert with_box.dense.abs().sum() > 0
+    torch.testing.assert_close(with_box.dense, without.dense, rtol=0, atol=0)

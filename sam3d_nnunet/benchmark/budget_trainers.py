@@ -20,6 +20,12 @@ class                               variables (default)                         
 ``nnUNetTrainerSAM3D_budget``       ``SAM3D_BUDGET_SAM_EPOCHS`` (5),                 SAM3D adapters
                                     ``SAM3D_BUDGET_SAM_ITERS`` (32),
                                     ``SAM3D_BUDGET_SAM_LR`` (the trainer's 4e-4)
+``nnUNetTrainerSAM3D_allprompts_``  same                                             SAM3D adapters trained with
+``budget``                                                                           every prompt type
+                                                                                     (``nnUNetTrainerSAM3D_``
+                                                                                     ``allprompts``)
+``..._allprompts_budget_noTTA``     same                                             same, automatic validation
+                                                                                     without mirroring
 ==================================  ===============================================  ==========================
 
 All validate on 2 batches per epoch and write ``checkpoint_latest.pth`` every epoch (``--c`` resumes).
@@ -32,7 +38,7 @@ from pathlib import Path
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D
+from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D, nnUNetTrainerSAM3D_allprompts
 
 SHIM_MODULE = "sam3d_budget_ext_trainers.py"
 
@@ -54,6 +60,15 @@ def _apply_budget(trainer: nnUNetTrainer, prefix: str) -> None:
     trainer.num_iterations_per_epoch = _env_int(f"{prefix}_ITERS", 32)
     trainer.num_val_iterations_per_epoch = 2
     trainer.save_every = 1
+
+
+def _apply_sam_budget(trainer: nnUNetTrainerSAM3D) -> None:
+    """The SAM3D budget: ``SAM3D_BUDGET_SAM_EPOCHS`` / ``_ITERS``, and ``SAM3D_BUDGET_SAM_LR`` if set (a short
+    schedule from random weights learns faster with a larger step than the paper's 4e-4)."""
+    _apply_budget(trainer, "SAM3D_BUDGET_SAM")
+    lr = os.environ.get("SAM3D_BUDGET_SAM_LR", "").strip()
+    if lr:
+        trainer.initial_lr = float(lr)
 
 
 def write_ext_trainer_shim(folder) -> Path:
@@ -79,14 +94,19 @@ class nnUNetTrainer_budget(nnUNetTrainer):
         _apply_budget(self, "SAM3D_BUDGET_NNUNET")
 
 
-class nnUNetTrainer_budget_noTTA(nnUNetTrainer_budget):
-    """As ``nnUNetTrainer_budget``, but validation/inference without test-time mirroring (8x cheaper in 3D;
-    the SAM3D predictor does not mirror either). Training augmentation keeps nnU-Net's mirroring."""
+class _NoTestTimeMirroring:
+    """Validation/inference without test-time mirroring (8x cheaper in 3D; the SAM3D predictor does not mirror
+    either). Training augmentation keeps nnU-Net's mirroring."""
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return out
+
+
+class nnUNetTrainer_budget_noTTA(_NoTestTimeMirroring, nnUNetTrainer_budget):
+    """As ``nnUNetTrainer_budget``, but validation/inference without test-time mirroring (8x cheaper in 3D;
+    the SAM3D predictor does not mirror either). Training augmentation keeps nnU-Net's mirroring."""
 
 
 class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
@@ -95,11 +115,24 @@ class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _apply_budget(self, "SAM3D_BUDGET_SAM")
-        lr = os.environ.get("SAM3D_BUDGET_SAM_LR", "").strip()
-        if lr:  # a short schedule from random weights learns faster with a larger step than the paper's
-            self.initial_lr = float(lr)
+        _apply_sam_budget(self)
+
+
+class nnUNetTrainerSAM3D_allprompts_budget(nnUNetTrainerSAM3D_allprompts):
+    """``nnUNetTrainerSAM3D_allprompts`` (clicks, boxes, scribbles, lassos, previous masks) with the SAM3D short
+    budget (``SAM3D_BUDGET_SAM_*``, see the module docstring)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _apply_sam_budget(self)
+
+
+class nnUNetTrainerSAM3D_allprompts_budget_noTTA(_NoTestTimeMirroring, nnUNetTrainerSAM3D_allprompts_budget):
+    """As ``nnUNetTrainerSAM3D_allprompts_budget``, but the automatic validation (``fold_X/validation``) without
+    test-time mirroring; the prompted validation never mirrors."""
 
 
 __all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
+           "nnUNetTrainerSAM3D_allprompts_budget", "nnUNetTrainerSAM3D_allprompts_budget_noTTA",
            "write_ext_trainer_shim"]

@@ -1,7 +1,8 @@
 """PNG plots of the benchmark (matplotlib, Agg backend; every file written atomically).
 
 * ``dice_vs_clicks.png`` / ``nsd_vs_clicks.png``: mean Dice / NSD per class against the number of clicks per
-  class (0 = automatic, K random clicks, iterative correction steps), nnU-Net as a horizontal line;
+  class (0 = automatic, K random clicks, iterative correction steps; a box then its correction clicks and a
+  scribble count one interaction each), nnU-Net as a horizontal line;
 * ``scatter_dice.png``: per-case Dice, SAM3D (fewest random clicks) against nnU-Net, one panel per class;
 * ``iterative_dice.png``: Dice per correction step (mean and every case), nnU-Net as a horizontal line;
 * ``overlay_best.png``, ``overlay_median.png``, ``overlay_worst.png``: the image slice through the centre of the
@@ -19,7 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from sam3d_nnunet.atomic import savefig_atomic
-from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name
+from sam3d_nnunet.benchmark.protocols import AUTO, BOX, SCRIBBLE, clicks_protocol_name
 from sam3d_nnunet.benchmark.report import main_nsd_tolerance, nsd_key
 
 COLOURS = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
@@ -55,7 +56,10 @@ def plot_metric_vs_clicks(results: dict, metric: str, path: str) -> None:
     base = results["methods"][results["baseline"]]["summary"]["nnunet"]["mean"]
     fig, axes = plt.subplots(1, len(classes), figsize=(5.2 * len(classes), 4.2), squeeze=False)
     n_it = results["iterative_steps"]
-    max_x = max([0] + list(results["clicks"]) + [n_it])
+    n_box = results.get("box_iterative_steps", 0)
+    shapes = any(BOX in results["methods"][k]["summary"] or SCRIBBLE in results["methods"][k]["summary"]
+                 for k in results["sam_methods"])
+    max_x = max([0] + list(results["clicks"]) + [n_it, n_box + 1])
     for ax, c in zip(axes[0], classes):
         for i, key in enumerate(results["sam_methods"]):
             m = results["methods"][key]
@@ -75,18 +79,29 @@ def plot_metric_vs_clicks(results: dict, metric: str, path: str) -> None:
                 curve = [_nan(v) for v in m["iterative"]["per_class"][c]["mean_curve"][metric]]
                 ax.plot(range(1, len(curve) + 1), curve, "s--", color=col, alpha=0.8,
                         label=f"{_short(m['display'])}: iterative correction")
+            if "box_iterative" in m:  # the box is interaction 1, each correction click one more
+                curve = [_nan(v) for v in m["box_iterative"]["per_class"][c]["mean_curve"][metric]]
+                ax.plot(range(1, len(curve) + 1), curve, "^:", color=col, alpha=0.8,
+                        label=f"{_short(m['display'])}: box, then correction clicks")
+            elif BOX in m["summary"]:
+                ax.plot([1], [_nan(m["summary"][BOX]["mean"][c][metric])], "^", color=col, ms=9,
+                        label=f"{_short(m['display'])}: 1 box")
+            if SCRIBBLE in m["summary"]:
+                ax.plot([1], [_nan(m["summary"][SCRIBBLE]["mean"][c][metric])], "*", color=col, ms=12,
+                        label=f"{_short(m['display'])}: 1 scribble")
         b = _nan(base[c][metric])
         if not math.isnan(b):
             ax.axhline(b, color=BASE_COLOUR, lw=2, label=f"{_short(results['methods'][results['baseline']]['display'])}")
         ax.set_title(f"{results['labels'][c]} (label {c})")
-        ax.set_xlabel("clicks per class (0 = automatic)")
+        ax.set_xlabel("interactions per class: clicks, or a box / scribble + clicks (0 = automatic)"
+                      if shapes else "clicks per class (0 = automatic)")
         ax.set_ylabel(f"mean {metric}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlim(-0.5, max_x + 0.5)
-        ax.set_xticks(sorted({0, *results["clicks"], *range(1, n_it + 1)}))
+        ax.set_xticks(sorted({0, *results["clicks"], *range(1, max(n_it, n_box + 1) + 1)}))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{results['dataset']}: {metric} against the number of clicks "
+    fig.suptitle(f"{results['dataset']}: {metric} against the number of {'interactions' if shapes else 'clicks'} "
                  f"({len(results['cases'])} validation cases)")
     fig.tight_layout()
     _save(fig, path)

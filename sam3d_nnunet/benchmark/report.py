@@ -7,7 +7,8 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from sam3d_nnunet.atomic import write_text_atomic
-from sam3d_nnunet.benchmark.protocols import AUTO, clicks_protocol_name, iterative_protocol_name
+from sam3d_nnunet.benchmark.protocols import (AUTO, BOX, SCRIBBLE, box_iterative_protocol_name, clicks_protocol_name,
+                                              iterative_protocol_name)
 
 
 def _pct(v) -> str:
@@ -111,12 +112,41 @@ def table_rows(results: dict) -> List[dict]:
         n = results["iterative_steps"]
         if n > 0 and iterative_protocol_name(n) in m["summary"]:
             order.append((iterative_protocol_name(n), f"{n} iterative (final)"))
+        order += shape_rows(results, m)
         for proto, label in order:
             rows.append({"method": key, "display": m["display"] if first else "", "protocol": proto,
                          "clicks": label, "summary": m["summary"][proto],
                          "params": m.get("parameters") if first else None, "first": first})
             first = False
     return rows
+
+
+def shape_rows(results: dict, method: dict) -> List[tuple]:
+    """(protocol, label) of the box / box + corrections / scribble rows of a method, where it was scored."""
+    nb = results.get("box_iterative_steps", 0)
+    rows = [(BOX, "1 box"), (box_iterative_protocol_name(nb), f"box + {nb} corrections (final)"),
+            (SCRIBBLE, "1 scribble")]
+    return [(p, label) for p, label in rows if p in method["summary"] and not (p == box_iterative_protocol_name(0))]
+
+
+def curve_table(results: dict, curve_key: str, step_titles: Sequence[str], nk: str) -> List[str]:
+    """Per-step Dice table (one row per method and class) of the curves ``methods[*][curve_key]``."""
+    labels = results["labels"]
+    head = ["method", "class"] + list(step_titles) + ["AUC", "final Dice", f"final {nk}", "nnU-Net Dice"]
+    rows = []
+    base = results["methods"][results["baseline"]]["summary"]["nnunet"]["mean"]
+    for key in results["sam_methods"]:
+        if curve_key not in results["methods"][key]:
+            continue
+        it = results["methods"][key][curve_key]
+        for i, c in enumerate(labels):
+            pc = it["per_class"][c]
+            cells = [results["methods"][key]["display"] if i == 0 else "", f"{labels[c]} ({c})"]
+            cells += [_pct(v) for v in pc["mean_curve"]["Dice"]]
+            cells += [_pct(pc["auc"]["Dice"]), _pct(pc["final"]["Dice"]), _pct(pc["final"][nk]),
+                      _pct(base[c]["Dice"])]
+            rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def render_report(results: dict) -> str:
@@ -195,20 +225,17 @@ def render_report(results: dict) -> str:
           "a false positive). AUC: area under the Dice curve, the mean over the steps (in %, 100 = perfect from the "
           "first click). nnU-Net's Dice is the same at every step.")
         w("")
-        head = ["method", "class"] + [f"step {i}" for i in range(1, n + 1)] + ["AUC", "final Dice", f"final {nk}",
-                                                                               "nnU-Net Dice"]
-        rows = []
-        base = results["methods"][base_key]["summary"]["nnunet"]["mean"]
-        for key in it_methods:
-            it = results["methods"][key]["iterative"]
-            for i, c in enumerate(classes):
-                pc = it["per_class"][c]
-                cells = [results["methods"][key]["display"] if i == 0 else "", f"{labels[c]} ({c})"]
-                cells += [_pct(v) for v in pc["mean_curve"]["Dice"]]
-                cells += [_pct(pc["auc"]["Dice"]), _pct(pc["final"]["Dice"]), _pct(pc["final"][nk]),
-                          _pct(base[c]["Dice"])]
-                rows.append(cells)
-        lines += markdown_table(head, rows)
+        lines += curve_table(results, "iterative", [f"step {i}" for i in range(1, n + 1)], nk)
+        w("")
+    nb = results.get("box_iterative_steps", 0)
+    if nb > 0 and any("box_iterative" in results["methods"][k] for k in results["sam_methods"]):
+        w(f"## Box then correction clicks (box + {nb} clicks per class): Dice (%) per step")
+        w("")
+        w("Step 0 is the box alone (the class's bounding box in the native ground truth); every next step adds one "
+          "correction click per class as in the iterative protocol. AUC: the mean over the steps.")
+        w("")
+        lines += curve_table(results, "box_iterative", ["box"] + [f"+{i} click{'s' if i > 1 else ''}"
+                                                                  for i in range(1, nb + 1)], nk)
         w("")
 
     # per case
@@ -225,6 +252,8 @@ def render_report(results: dict) -> str:
             cols.append((key, iterative_protocol_name(n), f"{short} iterative {n}"))
         if AUTO in m["summary"]:
             cols.append((key, AUTO, f"{short} automatic"))
+        for proto, label in shape_rows(results, m):
+            cols.append((key, proto, f"{short} {label.replace(' (final)', '')}"))
     head = ["case", "fold"] + [f"{label}: {labels[c]}" for _, _, label in cols for c in classes]
     rows = []
     for case in sorted(results["cases"]):

@@ -23,6 +23,9 @@ indices and mapped by ``raw_to_preprocessed_coords``, ``predict_preprocessed``, 
 ``convert_predicted_logits_to_segmentation_with_correct_shape`` back to native geometry, written by the plans'
 reader/writer. Files land in ``OUTPUT_DIR/predictions/<trainer>__<plans>__<configuration>/<protocol>/`` next to a
 JSON sidecar (clicks, checkpoint identity, timings); a rerun reuses a prediction whose sidecar matches.
+Encoder features are kept across the protocols of one case (``CachingNetwork``, cleared for the next case), as
+an interactive session keeps them: the first protocol of a case pays the encoder for its windows, later protocols
+only for windows not seen yet, so their ``time_s`` is the time of a further interaction.
 """
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from sam3d_nnunet.atomic import atomic_path, save_json_atomic
-from sam3d_nnunet.benchmark.protocols import (AUTO, add_correction_clicks_native, area_under_curve,
-                                              clicks_protocol_name, iterative_protocol_name, nested_click_prompts,
-                                              prompts_key, prompts_to_json)
+from sam3d_nnunet.benchmark.protocols import (AUTO, BOX, SCRIBBLE, add_correction_click_prompts,
+                                              add_correction_clicks_native, area_under_curve, bounding_box_prompts,
+                                              box_iterative_protocol_name, clicks_protocol_name,
+                                              is_shape_prompts, iterative_protocol_name, nested_click_prompts,
+                                              prompts_key, prompts_to_json, scribble_prompts)
 
 RESULTS_VERSION = 1
 
@@ -121,6 +126,10 @@ class BenchmarkConfig:
     clicks: Sequence[int] = (1, 3, 10)
     iterative: int = 5
     auto: bool = True
+    box: bool = False  # 1 box per class (the class's bounding box in the native ground truth)
+    box_iterative: int = 0  # correction clicks after the box (0 = off; N gives N + 1 steps)
+    box_jitter: float = 0.0  # seeded outward jitter of the box sides, fraction of the extent (0 = the exact box)
+    scribble: bool = False  # 1 seeded scribble per class
     seed: int = 0
     output_dir: Optional[str] = None
     device: str = "cpu"
@@ -320,6 +329,10 @@ class BenchmarkRunner:
             raise BenchmarkError(f"--clicks must be >= 1, got {list(config.clicks)}")
         if config.iterative < 0:
             raise BenchmarkError(f"--iterative must be >= 0, got {config.iterative}")
+        if config.box_iterative < 0 or config.box_jitter < 0:
+            raise BenchmarkError(f"--box-iterative and --box-jitter must be >= 0, got {config.box_iterative} and "
+                                 f"{config.box_jitter}")
+        self.box = bool(config.box or config.box_iterative > 0)
         self.tolerances = sorted({float(t) for t in config.tolerances_mm})
         self.paths = _resolve_paths(str(config.dataset), config.output_dir)
         self.splits = _load_json(os.path.join(self.paths.preprocessed, "splits_final.json"), "splits_final.json")
@@ -399,6 +412,10 @@ class BenchmarkRunner:
             "seed": int(cfg.seed),
             "clicks": self.clicks,
             "iterative_steps": int(cfg.iterative),
+            "box": self.box,
+            "box_iterative_steps": int(cfg.box_iterative),
+            "box_jitter": float(cfg.box_jitter),
+            "scribble": bool(cfg.scribble),
             "automatic": bool(cfg.auto),
             "tolerances_mm": self.tolerances,
             "device": str(cfg.device),
@@ -413,6 +430,14 @@ class BenchmarkRunner:
                                     "the largest error region (false negative: positive, false positive: negative) "
                                     "of the current native prediction, real spacing",
                 "auto": "no clicks (automatic mode)",
+                BOX: "one box per class: the bounding box of the class in the native ground truth"
+                     + (f", each side moved outward by a seeded uniform 0 .. round({cfg.box_jitter:g} x extent) "
+                        "voxels" if cfg.box_jitter > 0 else " (no jitter)"),
+                "box_iterative_step_N": "step 0 = box; each next step adds per class one correction click as in "
+                                        "iterative_step_N (N correction clicks: N + 1 steps)",
+                SCRIBBLE: "one positive scribble per class, simulate_scribble (the training simulation) seeded by "
+                          "case_class_seed(case, class, seed): a walk of 4..32 neighbouring class voxels, on a "
+                          "slice with probability 1/2, else 3D",
                 "nnunet": "nnU-Net's own validation predictions from nnUNetv2_train",
                 "auc": "area under the per-step Dice curve = mean over steps, in [0, 1]",
             },
@@ -430,7 +455,10 @@ class BenchmarkRunner:
             results["methods"][m.key] = self.run_sam(m, fold_cases, images, prompts_by_case, results["cases"])
         for case, prompts in prompts_by_case.items():
             results["cases"][case]["clicks"] = {clicks_protocol_name(k): prompts_to_json(p)
-                                                for k, p in prompts.items()}
+                                                for k, p in prompts.items() if isinstance(k, int)}
+            shapes = {k: prompts_to_json(p) for k, p in prompts.items() if not isinstance(k, int)}
+            if shapes:
+                results["cases"][case]["prompts"] = shapes
         results["baseline"] = self.baseline.key
         results["sam_methods"] = [m.key for m in self.sam_methods]
         results["wall_time_s"] = round(time.time() - t_start, 2)
@@ -520,6 +548,7 @@ class BenchmarkRunner:
     # -------------------------------------------------------------- SAM3D
     def run_sam(self, m: MethodSpec, fold_cases, images, prompts_by_case, cases_info) -> dict:
         from sam3d_nnunet.inference import PromptedPredictor
+        from sam3d_nnunet.inference.session import CachingNetwork
         from sam3d_nnunet.model import parameter_summary
 
         folder = m.folder(self.paths.results)
@@ -545,6 +574,10 @@ class BenchmarkRunner:
                     entry["parameters"] = {"total_trainable": t, "total": n, "tuned": t}
                 entry["prompted"] = bool(predictor.prompted)
                 entry["sam_weights"] = sam_weights_context(predictor.plans_manager.plans)
+            # encoder features kept across the protocols of a case (cleared per case): a protocol's windows are
+            # encoded once, every further protocol on them only decodes; the features of a window are the same
+            # tensors whichever protocol asks, so the predictions are unchanged
+            predictor.network = CachingNetwork(predictor.network, 4 * predictor.max_windows_per_class)
             auto_predictor = PromptedPredictor(
                 predictor.network, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json,
                 self.cfg.device, prompted=False, allowed_mirroring_axes=predictor.allowed_mirroring_axes,
@@ -555,10 +588,9 @@ class BenchmarkRunner:
             for case in bar:
                 label, gt_props = self.read_gt(case, rw)
                 if case not in prompts_by_case:
-                    prompts_by_case[case] = nested_click_prompts(label, case, self.labels, self.clicks,
-                                                                 self.cfg.seed) if self.clicks else {}
+                    prompts_by_case[case] = self.protocol_prompts(label, case)
                 case_runner = _CasePredictor(self, m, predictor, auto_predictor, rw, images[case], case, ckpt,
-                                             gt_props)
+                                             gt_props, label.shape)
                 entry["per_case"][case] = {"fold": int(f), "protocols": self._case_protocols(
                     case_runner, predictor.prompted, prompts_by_case[case], label, gt_props, bar)}
                 case_runner.release()
@@ -569,11 +601,31 @@ class BenchmarkRunner:
         if entry.get("prompted", True):
             protocols += [clicks_protocol_name(k) for k in self.clicks]
             protocols += [iterative_protocol_name(s) for s in range(1, self.cfg.iterative + 1)]
+            protocols += [BOX] if self.box else []
+            protocols += [box_iterative_protocol_name(s) for s in self.box_steps()]
+            protocols += [SCRIBBLE] if self.cfg.scribble else []
         for p in protocols:
             entry["summary"][p] = self.summarise(entry["per_case"], p)
         if entry.get("prompted", True) and self.cfg.iterative > 0:
             entry["iterative"] = self.summarise_iterative(entry["per_case"])
+        if entry.get("prompted", True) and self.cfg.box_iterative > 0:
+            entry["box_iterative"] = self.summarise_iterative(
+                entry["per_case"], [box_iterative_protocol_name(s) for s in self.box_steps()])
         return entry
+
+    def box_steps(self) -> range:
+        """Correction-click counts of the box protocol's curve: 0 (the box alone) .. --box-iterative."""
+        return range(0, self.cfg.box_iterative + 1) if self.cfg.box_iterative > 0 else range(0)
+
+    def protocol_prompts(self, label: np.ndarray, case: str) -> dict:
+        """The seeded prompts of one case: ``{K: clicks}`` for the click counts, plus ``"box"`` and ``"scribble"``
+        (shape prompts) where asked for; the same for every model."""
+        out = nested_click_prompts(label, case, self.labels, self.clicks, self.cfg.seed) if self.clicks else {}
+        if self.box:
+            out[BOX] = bounding_box_prompts(label, case, self.labels, self.cfg.seed, self.cfg.box_jitter)
+        if self.cfg.scribble:
+            out[SCRIBBLE] = scribble_prompts(label, case, self.labels, self.cfg.seed)
+        return out
 
     def _case_protocols(self, runner: "_CasePredictor", prompted: bool, click_prompts, label, gt_props, bar) -> dict:
         out = {}
@@ -586,20 +638,31 @@ class BenchmarkRunner:
             name = clicks_protocol_name(k)
             _postfix(bar, name)
             out[name] = runner.run(name, click_prompts[k])
+        for name in (BOX, SCRIBBLE):
+            if name in click_prompts:
+                _postfix(bar, name)
+                out[name] = runner.run(name, click_prompts[name])
+        if self.box_steps():
+            self._correction_steps(runner, out, [box_iterative_protocol_name(s) for s in self.box_steps()],
+                                   click_prompts[BOX], add_correction_click_prompts, label, gt_props, bar)
         if self.cfg.iterative > 0:
             first = click_prompts[1] if 1 in click_prompts else \
                 nested_click_prompts(label, runner.case, self.labels, [1], self.cfg.seed)[1]
-            prompts = first
-            spacing = [float(s) for s in gt_props["spacing"]]
-            for step in range(1, self.cfg.iterative + 1):
-                name = iterative_protocol_name(step)
-                _postfix(bar, name)
-                if step > 1:
-                    prompts = add_correction_clicks_native(prompts, runner.last_segmentation, label, spacing,
-                                                           self.ignore_label)
-                out[name] = runner.run(name, prompts)
-                out[name]["prompts"] = prompts_to_json(prompts)
+            self._correction_steps(runner, out, [iterative_protocol_name(s) for s in range(1, self.cfg.iterative + 1)],
+                                   first, add_correction_clicks_native, label, gt_props, bar)
         return out
+
+    def _correction_steps(self, runner: "_CasePredictor", out: dict, names: Sequence[str], prompts, add_click,
+                          label: np.ndarray, gt_props: dict, bar) -> None:
+        """Predict the protocols ``names`` in turn: the first with ``prompts``, every next one after ``add_click``
+        gave each class one correction click from the previous prediction (native space, real spacing)."""
+        spacing = [float(s) for s in gt_props["spacing"]]
+        for i, name in enumerate(names):
+            _postfix(bar, name)
+            if i > 0:
+                prompts = add_click(prompts, runner.last_segmentation, label, spacing, self.ignore_label)
+            out[name] = runner.run(name, prompts)
+            out[name]["prompts"] = prompts_to_json(prompts)
 
     # -------------------------------------------------------------- aggregation
     def summarise(self, per_case: dict, protocol: str, time_per_case: Optional[float] = None) -> dict:
@@ -614,8 +677,10 @@ class BenchmarkRunner:
             time_per_case = float(np.mean(times)) if times else None
         return {"n_cases": len(rows), "mean": mean, "foreground_mean": fg, "time_per_case_s": time_per_case}
 
-    def summarise_iterative(self, per_case: dict) -> dict:
-        steps = [iterative_protocol_name(s) for s in range(1, self.cfg.iterative + 1)]
+    def summarise_iterative(self, per_case: dict, steps: Optional[Sequence[str]] = None) -> dict:
+        """Per-step curves, AUC and final scores of the protocols ``steps`` (default: the iterative clicks)."""
+        steps = list(steps) if steps is not None else [iterative_protocol_name(s)
+                                                       for s in range(1, self.cfg.iterative + 1)]
         metrics = self.metric_names()
         out = {"steps": len(steps), "per_class": {}, "per_case": {}}
         for case, v in per_case.items():
@@ -647,10 +712,11 @@ class _CasePredictor:
     predictions (matching sidecar) reused from disk."""
 
     def __init__(self, runner: BenchmarkRunner, method: MethodSpec, predictor, auto_predictor, rw,
-                 image_files: List[str], case: str, checkpoint: dict, gt_props: dict):
+                 image_files: List[str], case: str, checkpoint: dict, gt_props: dict, raw_shape: Sequence[int]):
         self.runner, self.method, self.predictor, self.auto_predictor = runner, method, predictor, auto_predictor
         self.rw, self.image_files, self.case, self.checkpoint = rw, image_files, case, checkpoint
         self.gt_props = gt_props
+        self.raw_shape = tuple(int(v) for v in raw_shape)  # the native ground truth's = the raw image's
         self._pre = None
         self._pre_time = 0.0
         self._done: Dict[str, dict] = {}
@@ -659,6 +725,8 @@ class _CasePredictor:
     def release(self):
         self._pre = None
         self.last_segmentation = None
+        if hasattr(self.predictor.network, "clear"):  # the next case has other windows
+            self.predictor.network.clear()
 
     def _folder(self, protocol: str) -> str:
         return os.path.join(self.runner.paths.output, "predictions", self.method.key, protocol)
@@ -708,6 +776,7 @@ class _CasePredictor:
     def _predict(self, prompts):
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
         from sam3d_nnunet.inference import ClassPrompt, raw_to_preprocessed_coords
+        from sam3d_nnunet.inference.prompted_predictor import class_prompt_to_preprocessed
 
         first = self._pre is None
         data, props = self._preprocessed()
@@ -716,6 +785,11 @@ class _CasePredictor:
         if prompts is None:
             with _quiet():
                 out = self.auto_predictor.predict_preprocessed(data, None)
+        elif is_shape_prompts(prompts):  # boxes, scribbles, correction clicks: as InteractiveSession maps them
+            mapped = {c: class_prompt_to_preprocessed(ClassPrompt.from_prompts(ps, self.raw_shape), props,
+                                                      p.plans_manager.transpose_forward, data.shape[1:])
+                      for c, ps in prompts.items()}
+            out = p.predict_preprocessed(data, mapped)
         else:
             mapped = {c: ClassPrompt(raw_to_preprocessed_coords(cp.clicks, props, p.plans_manager.transpose_forward,
                                                                 data.shape[1:]), cp.labels)

@@ -14,7 +14,12 @@ Protocols (per SAM3D model; clicks in raw voxel indices of the native ground tru
   set is a subset of the 3-click set);
 * ``--iterative N``: N clicks per class, the first random, each next at the centre of the largest error region of
   the current prediction; scored per step, as the area under the Dice curve (mean over steps) and final Dice;
-* automatic mode (no clicks), unless ``--no-auto``.
+* automatic mode (no clicks), unless ``--no-auto``;
+* ``--box``: one box per class, the class's bounding box in the native ground truth (no jitter unless
+  ``--box-jitter F``: each side moved outward by a seeded 0 .. round(F x extent) voxels);
+* ``--box-iterative N``: the box, then N correction clicks per class placed as in ``--iterative`` (N + 1 steps:
+  box_iterative_step_0 .. _N, per-step Dice, AUC, final Dice); implies ``--box``;
+* ``--scribble``: one seeded positive scribble per class (the training simulation's ``simulate_scribble``).
 
 nnU-Net's baseline is scored from its ``fold_X/validation``. Everything is scored against
 ``nnUNet_preprocessed/DatasetXXX/gt_segmentations`` with Dice and NSD at --nsd-tolerance mm (real spacing).
@@ -50,6 +55,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="random clicks per class (default 1 3 10)")
     parser.add_argument("--iterative", type=int, default=5, metavar="N",
                         help="clicks per class of the iterative correction protocol (default 5; 0 = off)")
+    parser.add_argument("--box", action="store_true",
+                        help="also score 1 box per class (the class's bounding box in the native ground truth)")
+    parser.add_argument("--box-iterative", dest="box_iterative", type=int, default=0, metavar="N",
+                        help="the box, then N correction clicks per class (N + 1 steps; default 0 = off)")
+    parser.add_argument("--box-jitter", dest="box_jitter", type=float, default=0.0, metavar="F",
+                        help="move each box side outward by a seeded 0..round(F x extent) voxels (default 0)")
+    parser.add_argument("--scribble", action="store_true", help="also score 1 seeded scribble per class")
     parser.add_argument("--no-auto", dest="auto", action="store_false",
                         help="skip the automatic (zero-click) mode of prompted models")
     parser.add_argument("--seed", type=int, default=0, help="click seed (default 0)")
@@ -79,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchmarkConfig(dataset=args.dataset, configuration=args.configuration, folds=args.folds, sam=args.sam,
                           sam_models=args.sam_models,
                           baseline=args.baseline, clicks=args.clicks, iterative=args.iterative, auto=args.auto,
+                          box=args.box, box_iterative=args.box_iterative, box_jitter=args.box_jitter,
+                          scribble=args.scribble,
                           seed=args.seed, output_dir=args.output, device=args.device, tolerances_mm=args.tolerances,
                           baseline_timing_cases=args.baseline_timing_cases, progress=args.progress,
                           plots=args.plots, checkpoint_name=args.checkpoint)
@@ -108,6 +122,9 @@ def _headline(results: dict) -> str:
         for proto, s in m["summary"].items():
             v = s["foreground_mean"]["Dice"]
             if proto.startswith("iterative_step_") and proto != f"iterative_step_{results['iterative_steps']}":
+                continue
+            if proto.startswith("box_iterative_step_") and \
+                    proto != f"box_iterative_step_{results.get('box_iterative_steps', 0)}":
                 continue
             parts.append(f"{proto} {v:.4f}" if v is not None and not math.isnan(v) else f"{proto} nan")
         lines.append(f"  {m['display']:<45s} mean Dice " + ", ".join(parts))

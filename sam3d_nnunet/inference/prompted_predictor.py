@@ -70,12 +70,15 @@ class ClassPrompt:
     """The prompts of one class as the network reads them (``sam3d_nnunet.prompts.shapes.encode_prompts``):
     ``clicks`` (n, 3) float array-order voxel coordinates (clicks and the points sampled from boxes, scribbles,
     lassos), ``labels`` (n,) 1/0, ``types`` (n,) prompt-type ids (None: all clicks) and ``dense`` the dense
-    prompt [3, *shape] of the same array (None: no box, lasso or mask)."""
+    prompt [3, *shape] of the same array (None: no box, lasso or mask); ``dense_box`` optionally, per dense
+    channel, a box ``(lo, hi)`` (inclusive) holding its non-zero voxels or None for an empty channel (what
+    ``encode_prompts`` knows; mapping the dense prompt then reads only those boxes)."""
 
     clicks: np.ndarray
     labels: np.ndarray
     types: Optional[np.ndarray] = None
     dense: Optional[Union[np.ndarray, torch.Tensor]] = None
+    dense_box: Optional[tuple] = None
 
     def __post_init__(self):
         self.clicks = np.asarray(self.clicks, dtype=np.float64).reshape(-1, 3)
@@ -97,7 +100,7 @@ class ClassPrompt:
         mask) on an array of shape ``shape``, in that array's coordinates (``encode_prompts``)."""
         from sam3d_nnunet.prompts.shapes import encode_prompts
         enc = encode_prompts(prompts, shape, validate=validate)
-        return cls(enc.points, enc.labels, enc.types, enc.dense)
+        return cls(enc.points, enc.labels, enc.types, enc.dense, enc.dense_box)
 
     @property
     def empty(self) -> bool:
@@ -127,42 +130,73 @@ def raw_to_preprocessed_coords(points: np.ndarray, properties: dict, transpose_f
 
 
 def raw_dense_to_preprocessed(dense: Union[np.ndarray, torch.Tensor], properties: dict,
-                              transpose_forward: Sequence[int], preprocessed_shape: Sequence[int]) -> torch.Tensor:
+                              transpose_forward: Sequence[int], preprocessed_shape: Sequence[int],
+                              dense_box: Optional[tuple] = None) -> torch.Tensor:
     """A dense prompt [C, *raw shape] (reader array order) through the image's preprocessing: transpose, crop to
     the non-zero box (``bbox_used_for_cropping``), trilinear resampling to the preprocessed shape (voxel centres
-    aligned, ``align_corners=False``, the convention of ``raw_to_preprocessed_coords``)."""
+    aligned, ``align_corners=False``, the convention of ``raw_to_preprocessed_coords``). ``dense_box`` (see
+    ``ClassPrompt``): read only those boxes of the raw dense prompt."""
     dense = torch.as_tensor(dense, dtype=torch.float32)
     dense = dense.permute(0, *[1 + a for a in transpose_forward])
-    bbox = properties['bbox_used_for_cropping']
-    dense = dense[(slice(None),) + tuple(slice(int(a), int(b)) for a, b in bbox)]
-    return resample_nonzero_box(dense, tuple(int(s) for s in preprocessed_shape))
+    bbox = [(int(a), int(b)) for a, b in properties['bbox_used_for_cropping']]
+    dense = dense[(slice(None),) + tuple(slice(a, b) for a, b in bbox)]
+    bounds = None
+    if dense_box is not None:
+        bounds = []
+        for box in dense_box:
+            if box is None:
+                bounds.append(None)
+                continue
+            lo = [int(box[0][a]) - bbox[i][0] for i, a in enumerate(transpose_forward)]
+            hi = [int(box[1][a]) - bbox[i][0] for i, a in enumerate(transpose_forward)]
+            lo = [max(v, 0) for v in lo]
+            hi = [min(v, n - 1) for v, n in zip(hi, dense.shape[1:])]
+            bounds.append(None if any(a > b for a, b in zip(lo, hi)) else list(zip(lo, hi)))
+    return resample_nonzero_box(dense, tuple(int(s) for s in preprocessed_shape), bounds)
 
 
-def resample_nonzero_box(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+def _nonzero_bounds(x: torch.Tensor) -> Optional[List[Tuple[int, int]]]:
+    """Inclusive (first, last) index per axis of the non-zero voxels of a 3D CPU tensor; None if it is all zero."""
+    from sam3d_nnunet.prompts.shapes import nonzero_box
+    box = nonzero_box(x.numpy())
+    return None if box is None else list(zip(*box))
+
+
+def resample_nonzero_box(x: torch.Tensor, shape: Sequence[int],
+                         bounds: Optional[Sequence[Optional[Sequence[Tuple[int, int]]]]] = None) -> torch.Tensor:
     """``F.interpolate(x[None], size=shape, mode="trilinear", align_corners=False)[0]`` for x [C, D, H, W],
-    computed only over the output voxels that the non-zero box of ``x`` reaches (elsewhere it is 0): a box or a
-    mask on a large image costs its own size, not the image's."""
+    computed only over the output voxels that each channel's non-zero box reaches (elsewhere it is 0), channel by
+    channel (an all-zero channel costs one comparison), and without interpolating along an axis whose size does
+    not change (there trilinear resampling is the identity): a box or a mask on a large image costs its own
+    size, not the image's. ``bounds``: per channel, (first, last) per axis of a box known to hold all its non-zero
+    voxels, or None for a channel known to be zero (not looked at: given by whoever wrote the prompt)."""
     out = x.new_zeros((x.shape[0], *shape))
-    nonzero = torch.nonzero(x.abs().amax(0))
-    if not len(nonzero):
-        return out
-    lo, hi = nonzero.min(0).values.tolist(), nonzero.max(0).values.tolist()
-    axes, crop = [], []
-    for n, m, a, b in zip(x.shape[1:], shape, lo, hi):
-        src = ((torch.arange(m, dtype=torch.float64) + 0.5) * (n / m) - 0.5).clamp(min=0)
-        i0 = src.floor().long().clamp(max=n - 1)
-        i1 = (i0 + 1).clamp(max=n - 1)
-        reached = torch.nonzero((i0 <= b) & (i1 >= a))[:, 0]
-        j = slice(int(reached[0]), int(reached[-1]) + 1)
-        first = int(i0[j].min())
-        crop.append(slice(first, int(i1[j].max()) + 1))
-        axes.append((j, i0[j] - first, i1[j] - first, (src[j] - i0[j]).float()))
-    sub = x[(slice(None),) + tuple(crop)]
-    for axis, (_, i0, i1, w) in enumerate(axes):
-        view = [1] * 4
-        view[axis + 1] = -1
-        sub = sub.index_select(axis + 1, i0) * (1 - w).view(view) + sub.index_select(axis + 1, i1) * w.view(view)
-    out[(slice(None),) + tuple(j for j, *_ in axes)] = sub
+    for channel in range(x.shape[0]):
+        xc = x[channel]
+        box = _nonzero_bounds(xc) if bounds is None else bounds[channel]
+        if box is None:
+            continue
+        crop, target, interpolate = [], [], []
+        for axis, (n, m, (a, b)) in enumerate(zip(xc.shape, shape, box)):
+            if n == m:  # identity along this axis
+                crop.append(slice(a, b + 1))
+                target.append(slice(a, b + 1))
+                continue
+            src = ((torch.arange(m, dtype=torch.float64) + 0.5) * (n / m) - 0.5).clamp(min=0)
+            i0 = src.floor().long().clamp(max=n - 1)
+            i1 = (i0 + 1).clamp(max=n - 1)
+            reached = torch.nonzero((i0 <= b) & (i1 >= a))[:, 0]
+            j = slice(int(reached[0]), int(reached[-1]) + 1)
+            first = int(i0[j].min())
+            crop.append(slice(first, int(i1[j].max()) + 1))
+            target.append(j)
+            interpolate.append((axis, i0[j] - first, i1[j] - first, (src[j] - i0[j]).float()))
+        sub = xc[tuple(crop)]
+        for axis, i0, i1, w in interpolate:
+            view = [1] * 3
+            view[axis] = -1
+            sub = sub.index_select(axis, i0) * (1 - w).view(view) + sub.index_select(axis, i1) * w.view(view)
+        out[(channel,) + tuple(target)] = sub
     return out
 
 
@@ -170,7 +204,7 @@ def class_prompt_to_preprocessed(prompt: ClassPrompt, properties: dict, transpos
                                  preprocessed_shape: Sequence[int]) -> ClassPrompt:
     """A ``ClassPrompt`` in raw voxel indices (reader array order) mapped into the preprocessed array."""
     dense = None if prompt.dense is None else raw_dense_to_preprocessed(prompt.dense, properties, transpose_forward,
-                                                                        preprocessed_shape)
+                                                                        preprocessed_shape, prompt.dense_box)
     return ClassPrompt(raw_to_preprocessed_coords(prompt.clicks, properties, transpose_forward, preprocessed_shape),
                        prompt.labels, prompt.types, dense)
 

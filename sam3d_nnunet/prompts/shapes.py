@@ -36,7 +36,7 @@ import numpy as np
 __all__ = [
     "PROMPT_TYPES", "DENSE_CHANNELS", "MAX_POINTS_PER_PROMPT", "PromptError", "ClickPrompt", "BoxPrompt",
     "ScribblePrompt", "LassoPrompt", "MaskPrompt", "Prompt", "EncodedPrompts", "validate_prompt", "encode_prompts",
-    "prompt_points", "rasterise_region", "box_slice_axis", "lasso_slice_axis", "describe_prompt",
+    "prompt_points", "rasterise_region", "nonzero_box", "box_slice_axis", "lasso_slice_axis", "describe_prompt",
 ]
 
 PROMPT_TYPES = {"click": 0, "box": 1, "scribble": 2, "lasso": 3}
@@ -310,12 +310,46 @@ def prompt_points(prompt: Prompt, shape: Sequence[int]) -> np.ndarray:
 
 class EncodedPrompts(NamedTuple):
     """What the network reads: ``points`` (N, 3) float64 array-order voxels, ``labels`` (N,) int64 1/0,
-    ``types`` (N,) int64 ``PROMPT_TYPES`` ids, ``dense`` [3, *shape] float32 (``DENSE_CHANNELS``) or None."""
+    ``types`` (N,) int64 ``PROMPT_TYPES`` ids, ``dense`` [3, *shape] float32 (``DENSE_CHANNELS``) or None.
+    ``dense_box``: per dense channel, a box ``(lo, hi)`` (inclusive voxel indices) holding all its non-zero
+    voxels, None for an all-zero channel (None without a dense prompt): the part of ``dense`` worth reading."""
 
     points: np.ndarray
     labels: np.ndarray
     types: np.ndarray
     dense: np.ndarray | None
+    dense_box: tuple | None = None
+
+
+def _index_box(index: tuple, shape: Sequence[int]) -> tuple:
+    """(lo, hi) inclusive of the voxels a numpy index of slices and / or integer arrays selects."""
+    lo, hi = [], []
+    for ix, n in zip(index, shape):
+        if isinstance(ix, slice):
+            start, stop, _ = ix.indices(n)
+            lo.append(start)
+            hi.append(stop - 1)
+        else:
+            lo.append(int(np.min(ix)))
+            hi.append(int(np.max(ix)))
+    return tuple(lo), tuple(hi)
+
+
+def nonzero_box(array: np.ndarray) -> tuple | None:
+    """(lo, hi) inclusive of the non-zero voxels of a 3D array, None if it is all zero."""
+    nz = np.asarray(array) != 0
+    plane = nz.any(2)
+    axes = (plane.any(1), plane.any(0), nz.any((0, 1)))
+    if not axes[0].any():
+        return None
+    idx = [np.flatnonzero(a) for a in axes]
+    return tuple(int(i[0]) for i in idx), tuple(int(i[-1]) for i in idx)
+
+
+def _union_box(a: tuple | None, b: tuple | None) -> tuple | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(map(min, a[0], b[0])), tuple(map(max, a[1], b[1]))
 
 
 def encode_prompts(prompts: Sequence[Prompt], shape: Sequence[int], validate: bool = True) -> EncodedPrompts:
@@ -324,6 +358,7 @@ def encode_prompts(prompts: Sequence[Prompt], shape: Sequence[int], validate: bo
     shape = tuple(int(s) for s in shape)
     points, labels, types = [], [], []
     dense = None
+    boxes = [None] * len(DENSE_CHANNELS)
     for prompt in prompts:
         if validate:
             validate_prompt(prompt, shape)
@@ -336,11 +371,15 @@ def encode_prompts(prompts: Sequence[Prompt], shape: Sequence[int], validate: bo
                 dense = np.zeros((len(DENSE_CHANNELS), *shape), dtype=np.float32)
             if isinstance(prompt, MaskPrompt):
                 dense[0] = prompt.mask
+                boxes[0] = nonzero_box(prompt.mask)
             else:
-                dense[(1 if prompt.positive else 2,) + rasterise_region(prompt, shape)] = 1.0
+                channel, region = (1 if prompt.positive else 2), rasterise_region(prompt, shape)
+                dense[(channel,) + region] = 1.0
+                boxes[channel] = _union_box(boxes[channel], _index_box(region, shape))
     if not points:
         return EncodedPrompts(np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), None)
-    return EncodedPrompts(np.concatenate(points), np.concatenate(labels), np.concatenate(types), dense)
+    return EncodedPrompts(np.concatenate(points), np.concatenate(labels), np.concatenate(types), dense,
+                          None if dense is None else tuple(boxes))
 
 
 def describe_prompt(prompt: Prompt) -> dict:
