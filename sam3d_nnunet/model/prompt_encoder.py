@@ -169,10 +169,12 @@ class VisualSampler(nn.Module):
         pooled = torch.cat([F.adaptive_avg_pool3d(dense_prompt, grid), F.adaptive_max_pool3d(dense_prompt, grid)], 1)
         return self.dense_encoder(pooled)
 
-    def empty_dense(self) -> torch.Tensor:
-        """What an all-zero dense prompt adds: the conv's bias, [1, dim, 1, 1, 1]. The weight joins the graph with a
-        zero gradient, so DDP without ``find_unused_parameters`` (nnU-Net's) sees every parameter used."""
-        return (self.dense_encoder.bias + 0.0 * self.dense_encoder.weight.sum()).view(1, -1, 1, 1, 1)
+    @staticmethod
+    def unused(module: nn.Module) -> torch.Tensor:
+        """An exact 0 that depends on ``module``'s parameters: an extension a prompt does not use still joins the
+        graph with a zero gradient, so DDP without ``find_unused_parameters`` (nnU-Net's -num_gpus) sees every
+        parameter used, and AdamW leaves the zero-initialised tensors at zero."""
+        return 0.0 * sum(parameter.sum() for parameter in module.parameters())
 
     def forward(self, feature_map: torch.Tensor, clicks: torch.Tensor, click_labels: torch.Tensor,
                 target_class: torch.Tensor, crop_size: tuple[int, int, int], point_types: torch.Tensor | None = None,
@@ -184,19 +186,20 @@ class VisualSampler(nn.Module):
                                  f"{[b, DENSE_PROMPT_CHANNELS, *crop_size]}, got {list(dense_prompt.shape)}")
             feature_map = feature_map + self.encode_dense(dense_prompt, tuple(grid)).to(feature_map.dtype)
         else:
-            feature_map = feature_map + self.empty_dense().to(feature_map.dtype)
+            feature_map = feature_map + self.unused(self.dense_encoder).to(feature_map.dtype)
         if not target_class.is_meta and (int(target_class.min()) < 1
                                          or int(target_class.max()) > self.num_foreground_classes):
             raise ValueError(f"target_class must lie in 1..{self.num_foreground_classes}, got {target_class.tolist()}")
         padding = click_labels == PAD_LABEL
         points = sample_features_at_clicks(feature_map, clicks, crop_size)
         points = points + self.point_label_embed(click_labels.clamp(min=0)).to(points.dtype)
-        if point_types is None:  # every point is a click (type 0)
-            point_types = torch.zeros_like(click_labels)
-        if point_types.shape != click_labels.shape:
-            raise ValueError(f"point_types {list(point_types.shape)} must match click_labels "
-                             f"{list(click_labels.shape)}")
-        points = points + self.point_type_embed(point_types.clamp(0, NUM_POINT_TYPES - 1)).to(points.dtype)
+        if point_types is None:
+            points = points + self.unused(self.point_type_embed).to(points.dtype)
+        else:
+            if point_types.shape != click_labels.shape:
+                raise ValueError(f"point_types {list(point_types.shape)} must match click_labels "
+                                 f"{list(click_labels.shape)}")
+            points = points + self.point_type_embed(point_types.clamp(0, NUM_POINT_TYPES - 1)).to(points.dtype)
         class_offset = self.class_embed(target_class - 1)[:, None].to(points.dtype)
         image = feature_map.flatten(2).transpose(1, 2)
         for layer in self.layers:
