@@ -169,14 +169,15 @@ def scores(net: SAM3DNet, test_cases, n_clicks: int, mutation: str | None = None
 
 
 # ---- thresholds, from measured runs (seed 0, this file's steps and data, 2-core CPU, 2026-12-01) -------------------
-# untrained: organ 0.113, tumour 0.020 | adapter (250 steps): loss ratio 2.19, organ 0.713, asked-tumour-vs-organ 0.078,
-# 1-click tumour 0.502, no click 0.257, click on the other lesion 0.120 | LoRA (500 steps): 2.13, organ 0.815, 0.211,
-# tumour 0.595 | automatic (250 steps): 2.27, organ 0.759 | clicks shifted: tumour 0.269, no click 0.264, other lesion
-# 0.261 | prompted level unplugged: 1.53, organ 0.660, asked-tumour-vs-organ 0.660.
+# untrained: organ 0.113, tumour 0.020 | adapter (250 steps), two runs (float order differs with the machine's state):
+# loss ratio 2.19 / 1.97, organ 0.713 / 0.789, asked-tumour-vs-organ 0.078 / 0.195, 1-click tumour 0.502 / 0.492,
+# no click 0.257 / 0.335, click on the other lesion 0.120 / 0.221 | LoRA (500 steps): 2.13 / 3.93, organ 0.815 / 0.835,
+# 0.211 / 0.135, tumour 0.595 / 0.631 | automatic (250 steps): 2.27, organ 0.759 | clicks shifted: tumour 0.269 / 0.441, no click 0.264 / 0.436,
+# other lesion 0.261 / 0.438 | prompted level unplugged: 1.53, organ 0.660, asked-tumour-vs-organ 0.660.
 LOSS_FALLS_BY = 1.5
 ORGAN_DICE_MIN = 0.5
 TUMOUR_DICE_MIN = 0.35
-CLICK_GAIN_MIN = 0.12
+CLICK_GAIN_MIN = 0.08
 CONFUSION_MAX = 0.35
 
 
