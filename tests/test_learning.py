@@ -89,9 +89,9 @@ def _clicks(points: np.ndarray, mutation: str | None) -> torch.Tensor:
     return clicks
 
 
-def _automatic_loss(net: SAM3DNet, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """As ``nnUNetTrainerSAM3D_auto`` trains: ``network(image)`` gives every class's logits, CE + soft Dice."""
-    logits = net(image)
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE + 1 - the foreground classes' mean soft Dice over the batch; logits [B, K, *patch], labels [B, *patch]
+    (prompted: K = 2 and the binary target; automatic, as ``nnUNetTrainerSAM3D_auto`` trains: every class)."""
     probabilities = logits.softmax(1)
     one_hot = F.one_hot(labels, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
     dims = (0, 2, 3, 4)
@@ -110,8 +110,8 @@ def train(train_cases, finetune: str = "adapter", automatic: bool = False, mutat
     for _ in range(steps):
         picked = [train_cases[i][:2] for i in rng.integers(len(train_cases), size=2)]
         if automatic:
-            loss = _automatic_loss(net, torch.stack([x for x, _ in picked]),
-                                   torch.stack([torch.from_numpy(label) for _, label in picked]))
+            loss = _loss(net(torch.stack([x for x, _ in picked])),
+                         torch.stack([torch.from_numpy(label) for _, label in picked]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -126,10 +126,7 @@ def train(train_cases, finetune: str = "adapter", automatic: bool = False, mutat
             labels[b, :len(p.click_labels)] = torch.as_tensor(p.click_labels)
         image = torch.stack([x for x, _ in picked])
         target = torch.stack([torch.from_numpy(label == p.target_class).long() for (_, label), p in zip(picked, prompts)])
-        logits = net(image, clicks, labels, torch.tensor([p.target_class for p in prompts]))
-        foreground = logits.softmax(1)[:, 1]
-        dice = (2 * (foreground * target).sum() + 1) / (foreground.sum() + target.sum() + 1)
-        loss = F.cross_entropy(logits, target) + 1 - dice
+        loss = _loss(net(image, clicks, labels, torch.tensor([p.target_class for p in prompts])), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
