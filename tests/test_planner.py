@@ -194,10 +194,12 @@ def test_cli_takes_nnunet_arguments_plus_sam_options():
     ours = _subparser("plan_and_preprocess")
     mine = {s for a in ours._actions for s in a.option_strings}
     assert nn <= mine
-    assert mine - nn == {"--sam-variant", "--sam-checkpoint", "--decoder"}
+    assert mine - nn == {"--sam-variant", "--sam-checkpoint", "--decoder", "--click-maps"}
     args = ours.parse_args(["-d", "5", "-c", "3d_fullres", "--sam-variant", "tiny", "-np", "2"])
     assert args.d == [5] and args.pl == "SAM3DPlanner" and args.sam_variant == "tiny" and args.c == ["3d_fullres"]
     assert args.sam_checkpoint is None and args.overwrite_plans_name is None and args.decoder == "mla"
+    assert args.click_maps is False
+    assert ours.parse_args(["-d", "5", "--click-maps"]).click_maps is True
     with pytest.raises(SystemExit):
         ours.parse_args(["-d", "5", "--sam-variant", "vit_x"])
 
