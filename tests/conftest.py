@@ -6,7 +6,9 @@ The README's test command runs the suite on two pytest-xdist workers (``-n 2 --d
 wall time is subprocess start-up, file I/O and single-threaded Python, which a second worker overlaps. Each test
 module is one group, so a module's fixtures (trained models) are built once, on one worker; ``test_demo.py`` and
 ``test_benchmark.py`` share the reduced demo's work folder and form one group. The heaviest modules are scheduled
-first so that the two workers finish together.
+first so that the two workers finish together. Each worker computes on one thread and its OpenMP threads sleep
+instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE``, inherited by the nnU-Net subprocesses): two
+workers each spinning two threads on two cores stall each other for minutes.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported (OpenMP reads these once)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # ../shared/data beside the clone (CI has the same layout); SAM3D_SHARED_DATA overrides
 SHARED_DATA = Path(os.environ.get("SAM3D_SHARED_DATA",
@@ -24,6 +30,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs nnU-Net end to end in subprocesses (minutes); "
                                        "deselect with -m 'not slow'")
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests on one worker")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)
 
 
 # modules sharing a session fixture's folder run on one worker

@@ -19,7 +19,9 @@ class                               variables (default)                         
                                                                                      unchanged)
 ``nnUNetTrainerSAM3D_budget``       ``SAM3D_BUDGET_SAM_EPOCHS`` (5),                 SAM3D adapters
                                     ``SAM3D_BUDGET_SAM_ITERS`` (32),
-                                    ``SAM3D_BUDGET_SAM_LR`` (the trainer's 4e-4)
+                                    ``SAM3D_BUDGET_SAM_LR`` (the trainer's 4e-4),
+                                    ``SAM3D_BUDGET_SAM_MAX_CLICKS`` (the
+                                    trainer's 10 positive, 10 negative)
 ``nnUNetTrainerSAM3D_allprompts_``  same                                             SAM3D adapters trained with
 ``budget``                                                                           every prompt type
                                                                                      (``nnUNetTrainerSAM3D_``
@@ -63,12 +65,16 @@ def _apply_budget(trainer: nnUNetTrainer, prefix: str) -> None:
 
 
 def _apply_sam_budget(trainer: nnUNetTrainerSAM3D) -> None:
-    """The SAM3D budget: ``SAM3D_BUDGET_SAM_EPOCHS`` / ``_ITERS``, and ``SAM3D_BUDGET_SAM_LR`` if set (a short
-    schedule from random weights learns faster with a larger step than the paper's 4e-4)."""
+    """The SAM3D budget: ``SAM3D_BUDGET_SAM_EPOCHS`` / ``_ITERS``; if set, ``SAM3D_BUDGET_SAM_LR`` (a short
+    schedule from random weights learns faster with a larger step than the paper's 4e-4) and
+    ``SAM3D_BUDGET_SAM_MAX_CLICKS`` (at most that many positive and negative training clicks: with up to 10 of
+    each, a few hundred iterations rarely show the network the 1-click case that it is scored on)."""
     _apply_budget(trainer, "SAM3D_BUDGET_SAM")
     lr = os.environ.get("SAM3D_BUDGET_SAM_LR", "").strip()
     if lr:
         trainer.initial_lr = float(lr)
+    if os.environ.get("SAM3D_BUDGET_SAM_MAX_CLICKS", "").strip():
+        trainer.max_positive_clicks = trainer.max_negative_clicks = _env_int("SAM3D_BUDGET_SAM_MAX_CLICKS", 10)
 
 
 def write_ext_trainer_shim(folder) -> Path:

@@ -60,6 +60,7 @@ class DemoBudget:
     sam_epochs: int = 12
     sam_iterations: int = 50
     sam_lr: float = 3e-3
+    sam_max_clicks: int = 3  # training clicks of each polarity (the trainer's default is 10)
     nnunet_epochs: int = 12
     nnunet_iterations: int = 50
     clicks: tuple = (1, 3, 10)
@@ -142,6 +143,7 @@ class _Demo:
                    SAM3D_BUDGET_SAM_EPOCHS=str(self.budget.sam_epochs),
                    SAM3D_BUDGET_SAM_ITERS=str(self.budget.sam_iterations),
                    SAM3D_BUDGET_SAM_LR=str(self.budget.sam_lr),
+                   SAM3D_BUDGET_SAM_MAX_CLICKS=str(self.budget.sam_max_clicks),
                    SAM3D_BUDGET_NNUNET_EPOCHS=str(self.budget.nnunet_epochs),
                    SAM3D_BUDGET_NNUNET_ITERS=str(self.budget.nnunet_iterations))
         env.setdefault("nnUNet_def_n_proc", "2")
