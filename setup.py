@@ -46,7 +46,7 @@ setup(
         "nibabel>=5.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6"],
         # the napari plug-in (sam3d_nnunet/napari_plugin); never needed by the core package or the command line
         "napari": ["napari>=0.5", "PyQt6>=6.5", "pytest-qt>=4"],
     },

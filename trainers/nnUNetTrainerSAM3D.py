@@ -77,6 +77,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from contextlib import nullcontext
 from time import sleep
 from typing import List, Optional
 
@@ -192,6 +193,9 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
     val_clicks_per_class: int = 1
     val_click_seed: int = 0
     max_windows_per_class: int = 8
+    # folds with at most this many validation cases export their prompted predictions in the trainer's process: a
+    # spawned export worker re-imports nnU-Net (5-10 s of CPU), more than exporting a handful of cases costs
+    in_process_export_max_cases: int = 8
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -527,11 +531,14 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                                 f'{self.val_click_seed})',
                     'clicks_per_class': int(self.val_clicks_per_class), 'seed': int(self.val_click_seed),
                     'coordinates': 'raw image voxel indices, reader array order', 'cases': {}}
-        with multiprocessing.get_context("spawn").Pool(default_num_processes) as export_pool:
-            worker_list = [i for i in export_pool._pool]
+        use_pool = len(dataset_val.identifiers) > self.in_process_export_max_cases
+        with (multiprocessing.get_context("spawn").Pool(default_num_processes) if use_pool else nullcontext()) \
+                as export_pool:
+            worker_list = list(export_pool._pool) if use_pool else []
             results = []
             for k in dataset_val.identifiers:
-                while check_workers_alive_and_busy(export_pool, worker_list, results, allowed_num_queued=2):
+                while use_pool and check_workers_alive_and_busy(export_pool, worker_list, results,
+                                                                allowed_num_queued=2):
                     sleep(0.1)
                 self.print_to_log_file(f"predicting {k} ({name})")
                 data, _, _, properties = dataset_val.load_case(k)
@@ -541,10 +548,12 @@ class nnUNetTrainerSAM3D(nnUNetTrainer):
                 prediction = predictor.predict_preprocessed(data, prompts)
                 if predictor.last_report is not None:
                     record['windows_per_class'] = {str(c): len(w) for c, w in predictor.last_report.windows.items()}
-                results.append(export_pool.starmap_async(
-                    export_prediction_from_logits,
-                    ((prediction, properties, self.configuration_manager, self.plans_manager, self.dataset_json,
-                      join(output_folder, k), save_probabilities),)))
+                export_args = (prediction, properties, self.configuration_manager, self.plans_manager,
+                               self.dataset_json, join(output_folder, k), save_probabilities)
+                if use_pool:
+                    results.append(export_pool.starmap_async(export_prediction_from_logits, (export_args,)))
+                else:
+                    export_prediction_from_logits(*export_args)
             _ = [r.get() for r in results]
         with open(join(output_folder, f'prompts_rank{self.local_rank}.json' if self.is_ddp else 'prompts.json'),
                   'w') as f:
