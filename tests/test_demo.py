@@ -58,6 +58,31 @@ def test_budget_trainers_are_found_by_nnunet_and_read_their_budget(tmp_path, mon
     assert bt._env_int("SAM3D_BUDGET_SAM_ITERS", 32) == 32
 
 
+def test_sam_budget_sets_learning_rate_and_training_clicks(monkeypatch):
+    """The demo's SAM3D budget: the learning rate and the training clicks of each polarity come from the
+    environment; unset, the trainer's own values stay."""
+    import types
+
+    import sam3d_nnunet.benchmark.budget_trainers as bt
+    from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D
+    for name in ("SAM3D_BUDGET_SAM_LR", "SAM3D_BUDGET_SAM_MAX_CLICKS"):
+        monkeypatch.delenv(name, raising=False)
+    trainer = types.SimpleNamespace(initial_lr=4e-4, max_positive_clicks=nnUNetTrainerSAM3D.max_positive_clicks,
+                                    max_negative_clicks=nnUNetTrainerSAM3D.max_negative_clicks)
+    bt._apply_sam_budget(trainer)
+    assert (trainer.initial_lr, trainer.max_positive_clicks, trainer.max_negative_clicks) == (4e-4, 10, 10)
+    monkeypatch.setenv("SAM3D_BUDGET_SAM_LR", "3e-3")
+    monkeypatch.setenv("SAM3D_BUDGET_SAM_MAX_CLICKS", "3")
+    bt._apply_sam_budget(trainer)
+    assert (trainer.initial_lr, trainer.max_positive_clicks, trainer.max_negative_clicks) == (3e-3, 3, 3)
+    monkeypatch.setenv("SAM3D_BUDGET_SAM_MAX_CLICKS", "0")
+    with pytest.raises(ValueError):
+        bt._apply_sam_budget(trainer)
+    from sam3d_nnunet.commands.demo import FULL, _Demo
+    env = _Demo("/tmp/unused", "cpu", FULL, print).env()
+    assert env["SAM3D_BUDGET_SAM_MAX_CLICKS"] == str(FULL.sam_max_clicks) == "3"
+
+
 def test_training_log_is_condensed_to_one_line_per_epoch():
     from sam3d_nnunet.commands.demo import _TrainFilter
     f = _TrainFilter(5)
