@@ -30,7 +30,7 @@ import torch
 
 from msd_subset import msd_subset
 from summary_checks import check_summary
-from test_trainer_integration import Pipeline, _env, _exe, _run  # nnU-Net commands in subprocesses
+from test_trainer_integration import Pipeline, _check_cv_result, _env, _exe, _run  # nnU-Net commands in subprocesses
 
 SITK = pytest.importorskip("SimpleITK")
 
@@ -394,9 +394,9 @@ def test_twelve_classes_plan_and_predict_in_one_call_sharing_the_encoder(tmp_pat
 # =================================================================================================== trained models
 class Trained:
     """The datasets of the slow tests, planned in ONE ``sam3d-nnunet plan_and_preprocess`` call and trained for one
-    epoch in ONE process: 911 = MRI-like (T1, T2); 912 = (T1, T1c, T2, FLAIR) with an ``ignore`` label (both with
-    the final validation); and, when ``../shared/data`` is there, 914 = 6 hippocampus cases (MSD layout,
-    converted with nnU-Net's converter) and 915 = 6 STS_CT cases (thick-slice CT)."""
+    epoch in ONE process: 911 = MRI-like (T1, T2); 912 = (T1, T1c, T2, FLAIR) with an ``ignore`` label; and, when
+    ``../shared/data`` is there, 914 = 6 hippocampus cases (MSD layout, converted with nnU-Net's converter) and
+    915 = 6 STS_CT cases (thick-slice CT). 911, 912 and 914 also get the trainer's final validation."""
 
     def __init__(self, root: Path, pipes: dict, plan_stdout: str, missing: dict):
         self.root, self.pipes, self.plan_stdout, self.missing = root, pipes, plan_stdout, missing
@@ -451,7 +451,7 @@ def trained(tmp_path_factory, shared_data):
         plans = json.loads(plans_file.read_text())
         plans["configurations"]["3d_fullres"]["batch_size"] = 2
         plans_file.write_text(json.dumps(plans, indent=1))
-    _run([sys.executable, "-c", TRAIN_SCRIPT, *map(str, sorted(names)), "--validate=911,912"], env, timeout=1800)
+    _run([sys.executable, "-c", TRAIN_SCRIPT, *map(str, sorted(names)), "--validate=911,912,914"], env, timeout=1800)
     return Trained(root, pipes, plan.stdout, missing)
 
 
@@ -552,8 +552,9 @@ def test_exported_model_installs_into_empty_results_and_predicts_identically(tra
 # =================================================================================================== real data
 @pytest.mark.slow
 def test_hippocampus_both_classes_in_one_call(trained):
-    """MSD Task04 (MRI, anterior 1 + posterior 2), 6 cases converted with nnU-Net's MSD converter, planned and
-    trained for one epoch: ``predict`` with one click on each class predicts both in one call, with one encoder
+    """MSD Task04 (MRI, anterior 1 + posterior 2), 6 cases converted with nnU-Net's MSD converter, planned (a
+    16-divisible patch covering the median image, z-score normalisation), trained for one epoch and cross-validated
+    on fold 0 as nnU-Net does; ``predict`` with one click on each class predicts both in one call, with one encoder
     pass per case (the image fits one window)."""
     from sam3d_nnunet.commands.predict import predict_folder
     from sam3d_nnunet.inference import PromptedPredictor
@@ -561,6 +562,13 @@ def test_hippocampus_both_classes_in_one_call(trained):
     plans = json.loads((pipe.preprocessed / "SAM3DPlans.json").read_text())
     assert plans["sam3d"]["spacing"]["decision"] == "isotropic"
     assert plans["sam3d"]["labels"]["foreground_labels"] == [1, 2]
+    cfg = plans["configurations"]["3d_fullres"]
+    assert all(p % 16 == 0 for p in cfg["patch_size"])
+    assert all(p >= m for p, m in zip(cfg["patch_size"], cfg["median_image_size_in_voxels"])), \
+        "the patch covers the median image"
+    assert cfg["normalization_schemes"] == ["ZScoreNormalization"]  # MRI
+    # nnU-Net's own 5-fold split, the final validation (automatic and 1-click) of fold 0, native geometry
+    _check_cv_result(pipe, "nnUNetTrainerSAM3D_1epoch")
     raw = pipe.root / "raw" / pipe.name
     cases = _val_cases(pipe.preprocessed)
     inp = _link_cases(raw, cases, 1, pipe.root / "in_hippocampus")

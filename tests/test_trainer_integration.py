@@ -3,8 +3,8 @@
 Fast tests: trainer discovery through ``nnUNet_extTrainer``, the variants, the predictor's window logic with a
 stand-in network, click mapping into preprocessed space. Slow tests (marked ``slow``; they run nnU-Net's
 commands as subprocesses on temporary folders): plan + preprocess + ``nnUNetv2_train`` + automatic and prompted
-cross-validation + ``nnUNetv2_find_best_configuration`` on synthetic phantoms and (if the shared data exist) 20
-hippocampus cases, frozen tensors equal to the SAM source, kill and resume with ``--c``.
+cross-validation + ``nnUNetv2_find_best_configuration`` on synthetic phantoms, frozen tensors equal to the SAM
+source, kill and resume with ``--c``. Real hippocampus cases go through the same checks in ``test_datasets``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from msd_subset import msd_subset
 from summary_checks import check_summary
 from tiny_plans import DATASET_JSON, tiny_plans
 
@@ -435,29 +434,6 @@ def test_killed_training_resumes_with_c(phantom_pipeline):
     assert not (fold / "checkpoint_latest.pth").exists()
     assert not list(fold.glob(".*tmp*"))
     assert (fold / "validation" / "summary.json").is_file()
-
-
-@pytest.mark.slow
-def test_hippocampus_20_cases(tmp_path_factory, shared_data):
-    source = shared_data / "Task04_Hippocampus"
-    if not (source / "dataset.json").is_file():
-        pytest.skip(f"real data not available: {source} does not exist (the shared data folder is absent)")
-    from sam3d_nnunet.model import write_random_sam_checkpoint
-    root = tmp_path_factory.mktemp("sam3d_hippocampus")
-    msd = msd_subset(source, root, 20)
-    env = _env(root)
-    (root / "raw").mkdir()
-    _run([_exe("nnUNetv2_convert_MSD_dataset"), "-i", msd, "-overwrite_id", "904", "-np", "2"], env)
-    pipe = Pipeline(root, 904, "Dataset904_Hippocampus", write_random_sam_checkpoint("tiny", root / "sam.pth"))
-    pipe.plan()
-    plans = json.loads((pipe.preprocessed / "SAM3DPlans.json").read_text())
-    cfg = plans["configurations"]["3d_fullres"]
-    assert all(p % 16 == 0 for p in cfg["patch_size"])
-    assert all(p >= m for p, m in zip(cfg["patch_size"], cfg["median_image_size_in_voxels"])), \
-        "the patch covers the median image"
-    assert cfg["normalization_schemes"] == ["ZScoreNormalization"]  # MRI
-    pipe.train("nnUNetTrainerSAM3D_1epoch")
-    _check_cv_result(pipe, "nnUNetTrainerSAM3D_1epoch")
 
 
 @pytest.mark.slow
