@@ -26,11 +26,12 @@ Other kinds of dataset, from the same anatomy (``generate_phantom_dataset`` keyw
   the CT image itself. The one-channel CT dataset is byte-identical to what earlier versions wrote.
 * ``n_classes`` (default None: organ 1 + tumour 2): ``n_classes`` small spheres ("structure_01" ..),
   one per class, each with its own intensity, for datasets with many labels.
-* ``lesion_pair=True``: the demo's phantoms, where a click decides which object is meant. Two organs side by
-  side each hold a lesion of about the same size (radius 3.5-4.5 voxels at 32^3, about 200-400 voxels): a
-  bright one (about +130 HU) and a dark one (about -10 HU) in organs of about +60 HU. Which of the two is the labelled
-  tumour (label 2) is drawn at random per case; the other one is labelled organ (1). No automatic model
-  can know which lesion is meant, one click on it says so (``make_lesion_pair_case``).
+* ``lookalike_lesions=True``: the demo's phantoms, where a click decides which object is meant. Two organs (about
+  +60 HU) side by side each hold a lesion; the two lesions have about the same size (radius 3.5-4.5 voxels at
+  32^3, about 200-400 voxels) and the same look: both bright (about +130 HU) or both dark (about -10 HU), drawn
+  per case. Which one is the labelled tumour (label 2) is drawn at random per case; the other is labelled organ (1),
+  as a target lesion next to a look-alike one would be. No automatic model can know which lesion is meant
+  (segmenting both caps its Dice at 67%); one click on it says so (``make_lookalike_lesions_case``).
 * ``ignore_label``: an ``ignore`` label (value = highest class + 1) covering the voxels of the last
   quarter of the slices along axis 0 that are not background: "not annotated there", nnU-Net's
   sparse-annotation convention.
@@ -44,7 +45,7 @@ from typing import Sequence
 import numpy as np
 
 LABELS = {"background": 0, "organ": 1, "tumour": 2}
-LESION_PAIR_RADIUS = (0.11, 0.14)  # lesion radius / smallest image side: 3.5-4.5 voxels at 32^3
+LOOKALIKE_RADIUS = (0.11, 0.14)  # look-alike lesions: radius / smallest image side, 3.5-4.5 voxels at 32^3
 
 # MRI-like sequences: intensity of (air, body, organ, tumour), arbitrary units >= 0
 MRI_CONTRASTS = {
@@ -126,12 +127,13 @@ def make_phantom_case(shape: Sequence[int], spacing: Sequence[float], rng: np.ra
     return image, label
 
 
-def make_lesion_pair_case(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator,
-                          return_decoy: bool = False) -> tuple[np.ndarray, ...]:
-    """One (image int16 in HU, label uint8) pair: body, two organs (label 1) side by side, each holding one lesion
-    of about the same size, a bright one and a dark one; one of the two lesions, drawn at random, is the tumour
-    (label 2), the other stays organ. ``return_decoy``: also the other lesion's mask (bool), e.g. to click on
-    the wrong object in a test."""
+def make_lookalike_lesions_case(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator,
+                                return_decoy: bool = False, alike: bool = True) -> tuple[np.ndarray, ...]:
+    """One (image int16 in HU, label uint8) pair: body, two organs (label 1) side by side, each holding one lesion;
+    the two lesions have about the same size and the same look (both bright or both dark, drawn per case). One of
+    them, drawn at random, is the tumour (label 2), the other stays organ. ``return_decoy``: also the other lesion's
+    mask (bool), e.g. to click on the wrong object in a test. ``alike=False``: one bright and one dark lesion
+    instead (still either of them the tumour), an easier task for a model learning to follow a click."""
     from scipy.ndimage import gaussian_filter
 
     shape = tuple(int(s) for s in shape)
@@ -153,13 +155,17 @@ def make_lesion_pair_case(shape: Sequence[int], spacing: Sequence[float], rng: n
         organ = _ellipsoid(shape, centre, radii) & body
         image[organ] = 60.0 + rng.normal(0.0, 4.0)
         label[organ] = LABELS["organ"]
-        radius = float(rng.uniform(*LESION_PAIR_RADIUS) * extent.min())
+        radius = float(rng.uniform(*LOOKALIKE_RADIUS) * extent.min())
         lesions.append(_ellipsoid(shape, centre + rng.uniform(-1.0, 1.0, 3), radius * rng.uniform(0.9, 1.1, 3))
                        & organ)
-    bright, dark = lesions if rng.random() < 0.5 else lesions[::-1]
-    image[bright] = 130.0 + rng.normal(0.0, 5.0)
-    image[dark] = -10.0 + rng.normal(0.0, 5.0)
-    tumour, decoy = (bright, dark) if rng.random() < 0.5 else (dark, bright)
+    first = rng.random() < 0.5
+    if alike:  # both bright or both dark
+        ordered, hus = lesions, ((130.0, 130.0) if first else (-10.0, -10.0))
+    else:  # the bright one first
+        ordered, hus = (lesions if first else lesions[::-1]), (130.0, -10.0)
+    for lesion, hu in zip(ordered, hus):
+        image[lesion] = hu + rng.normal(0.0, 5.0)
+    tumour, decoy = ordered if rng.random() < 0.5 else ordered[::-1]
     label[tumour] = LABELS["tumour"]
 
     image = gaussian_filter(image, sigma=0.6 / (spacing / spacing.min()))
@@ -218,7 +224,7 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
                              n_cases: int = 10, shape: Sequence[int] = (48, 48, 48), seed: int = 0,
                              spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
                              channel_names: Sequence[str] = ("CT",), n_classes: int | None = None,
-                             ignore_label: bool = False, lesion_pair: bool = False) -> Path:
+                             ignore_label: bool = False, lookalike_lesions: bool = False) -> Path:
     """Write ``<raw_folder>/Dataset<ID>_<name>/`` (imagesTr, labelsTr, dataset.json) and return its path.
 
     Case ``i`` is named ``<name lower-case>_<iii>``; by default its image ``imagesTr/<case>_0000.nii.gz`` has
@@ -237,8 +243,8 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
     channel_names = [str(c) for c in channel_names]
     if not channel_names:
         raise ValueError("channel_names needs at least one channel")
-    if lesion_pair and n_classes is not None:
-        raise ValueError("lesion_pair and n_classes make different anatomies; choose one")
+    if lookalike_lesions and n_classes is not None:
+        raise ValueError("lookalike_lesions and n_classes make different anatomies; choose one")
     if n_classes is not None and not 1 <= int(n_classes) <= 1000:
         raise ValueError(f"n_classes must be in 1..1000, got {n_classes}")
     out = Path(raw_folder) / f"Dataset{int(dataset_id):03d}_{name}"
@@ -258,8 +264,8 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
         description += "; label 'ignore' marks unannotated voxels (last quarter of the slices along axis 0)"
     for i in range(n_cases):
         rng = np.random.default_rng([int(seed), i])
-        if lesion_pair:
-            image, label = make_lesion_pair_case(shape, spacing, rng)
+        if lookalike_lesions:
+            image, label = make_lookalike_lesions_case(shape, spacing, rng)
         elif n_classes is None:
             image, label = make_phantom_case(shape, spacing, rng)
         else:
@@ -282,10 +288,10 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
             itk = sitk.GetImageFromArray(arr)
             itk.SetSpacing(sitk_spacing)
             sitk.WriteImage(itk, str(path), useCompression=True)
-    if lesion_pair:
-        description = description.replace("organs = 1, tumour = 2", "two organs = 1, one with a bright and one with "
-                                          "a dark lesion, one lesion drawn at random as tumour = 2")
-    if channel_names == ["CT"] and n_classes is None and not ignore_label and not lesion_pair:
+    if lookalike_lesions:
+        description = description.replace("organs = 1, tumour = 2", "two organs = 1, each with a lesion, the two "
+                                          "lesions alike, one drawn at random as tumour = 2")
+    if channel_names == ["CT"] and n_classes is None and not ignore_label and not lookalike_lesions:
         # exactly what earlier versions wrote
         description = ("Synthetic CT phantoms (body, organs = 1, tumour = 2) made by "
                        "sam3d_nnunet.phantoms; deterministic under the seed.")
@@ -296,8 +302,8 @@ def generate_phantom_dataset(raw_folder: str | os.PathLike, dataset_id: int, nam
         extra["phantom_channels"] = channel_names
     if n_classes is not None:
         extra["phantom_n_classes"] = int(n_classes)
-    if lesion_pair:
-        extra["phantom_lesion_pair"] = True
+    if lookalike_lesions:
+        extra["phantom_lookalike_lesions"] = True
     generate_dataset_json(str(out), channel_names={k: c for k, c in enumerate(channel_names)}, labels=labels,
                           num_training_cases=n_cases, file_ending=".nii.gz",
                           dataset_name=f"Dataset{int(dataset_id):03d}_{name}", description=description,

@@ -211,8 +211,8 @@ def _env(root: Path) -> dict:
 
 
 NAME = "Dataset990_SAM3DDemo"
-SAM = "nnUNetTrainerSAM3D_budget__SAM3DPlans__3d_fullres"
-BASE = "nnUNetTrainer_budget__nnUNetPlans__3d_fullres"
+SAM = "nnUNetTrainerSAM3D_budget_noDA__SAM3DPlans__3d_fullres"
+BASE = "nnUNetTrainer_budget_noDA__nnUNetPlans__3d_fullres"
 
 
 @pytest.mark.slow
@@ -288,12 +288,12 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
     report = (out / "report.md").read_text()
     assert "## Dice / NSD@5mm (%), the paper's format" in report
     assert "| method | clicks per class | organ (1) | tumour (2) | mean | tuned params | s / case |" in report
-    for row in ("| nnU-Net (nnUNetTrainer_budget) |", "| SAM3D (nnUNetTrainerSAM3D_budget) | 0 (automatic) |",
+    for row in ("| nnU-Net (nnUNetTrainer_budget_noDA) |", "| SAM3D (nnUNetTrainerSAM3D_budget_noDA) | 0 (automatic) |",
                 "|  | 1 random |", "|  | 3 random |", "|  | 3 iterative (final) |"):
         assert row in report, row
     assert "## Iterative correction" in report and "AUC" in report
     assert "## Models" in report and "SAM variant `tiny`" in report and "**random weights**" in report
-    assert "**Note:** SAM3D (nnUNetTrainerSAM3D_budget) did not start from SAM's pretrained weights" in report
+    assert "**Note:** SAM3D (nnUNetTrainerSAM3D_budget_noDA) did not start from SAM's pretrained weights" in report
     import matplotlib.image as mpimg
     for name in ("dice_vs_clicks", "nsd_vs_clicks", "scatter_dice", "iterative_dice", "overlay_best",
                  "overlay_median", "overlay_worst"):
@@ -307,8 +307,8 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
 
 def _config(out: Path, **overrides):
     from sam3d_nnunet.benchmark.runner import BenchmarkConfig
-    settings = dict(dataset="990", folds=[0], sam=["nnUNetTrainerSAM3D_budget:SAM3DPlans"],
-                    baseline="nnUNetTrainer_budget:nnUNetPlans", clicks=[1], iterative=2, auto=True, seed=0,
+    settings = dict(dataset="990", folds=[0], sam=["nnUNetTrainerSAM3D_budget_noDA:SAM3DPlans"],
+                    baseline="nnUNetTrainer_budget_noDA:nnUNetPlans", clicks=[1], iterative=2, auto=True, seed=0,
                     output_dir=str(out), baseline_timing_cases=0, progress=False, plots=False)
     return BenchmarkConfig(**{**settings, **overrides})
 
@@ -452,7 +452,7 @@ def test_benchmark_refuses_mismatched_folds(demo_workdir, tmp_path):
     val = fake / "fold_0" / "validation"
     first = sorted(val.glob("*.nii.gz"))[0]
     first.rename(val / "sam3ddemo_999.nii.gz")  # validated on a case that is not in the split
-    cmd = [_exe("sam3d-nnunet"), "benchmark", "-d", "990", "-f", "0", "--sam", "nnUNetTrainerSAM3D_budget:SAM3DPlans",
+    cmd = [_exe("sam3d-nnunet"), "benchmark", "-d", "990", "-f", "0", "--sam", "nnUNetTrainerSAM3D_budget_noDA:SAM3DPlans",
            "--baseline", "nnUNetTrainer_otherSplit:nnUNetPlans", "--clicks", "1", "--iterative", "0", "-o",
            str(tmp_path / "refused"), "--no-progress"]
     p = subprocess.run(cmd, env=_env(demo_workdir), capture_output=True, text=True, timeout=300)

@@ -42,7 +42,8 @@ def test_budget_trainers_are_found_by_nnunet_and_read_their_budget(tmp_path, mon
     from sam3d_nnunet.commands.ext_trainer_dir import ext_trainer_dir
     folder = bt.write_ext_trainer_shim(tmp_path / "ext")
     monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([ext_trainer_dir(), str(folder)]))
-    for name in ("nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
+    for name in ("nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainer_budget_noDA",
+                 "nnUNetTrainerSAM3D_budget", "nnUNetTrainerSAM3D_budget_noDA",
                  "nnUNetTrainerSAM3D_allprompts_budget", "nnUNetTrainerSAM3D_allprompts_budget_noTTA"):
         cls = recursive_find_trainer_class_by_name(name)
         assert cls is getattr(bt, name) and cls.__module__ == "sam3d_nnunet.benchmark.budget_trainers"
@@ -56,6 +57,22 @@ def test_budget_trainers_are_found_by_nnunet_and_read_their_budget(tmp_path, mon
         bt._env_int("SAM3D_BUDGET_SAM_ITERS", 32)
     monkeypatch.delenv("SAM3D_BUDGET_SAM_ITERS")
     assert bt._env_int("SAM3D_BUDGET_SAM_ITERS", 32) == 32
+
+
+def test_demo_trainers_train_without_data_augmentation():
+    """The demo's pair (``*_budget_noDA``) trains on the validation transforms (nnU-Net's ``nnUNetTrainerNoDA``),
+    the others keep nnU-Net's augmentation."""
+    import sam3d_nnunet.benchmark.budget_trainers as bt
+    from sam3d_nnunet.commands.demo import BASELINE_TRAINER, SAM_TRAINER
+
+    def transforms(cls):
+        compose = cls.get_training_transforms((32, 32, 32), (-0.5, 0.5), None, (0, 1, 2), False,
+                                              foreground_labels=[1, 2])
+        return {type(t).__name__ for t in compose.transforms}
+
+    for name in (SAM_TRAINER, BASELINE_TRAINER):
+        assert name.endswith("_noDA") and not {"SpatialTransform", "MirrorTransform"} & transforms(getattr(bt, name))
+    assert {"SpatialTransform", "MirrorTransform"} <= transforms(bt.nnUNetTrainerSAM3D_budget)
 
 
 def test_sam_budget_sets_learning_rate_and_training_clicks(monkeypatch):
@@ -115,14 +132,14 @@ def test_demo_runs_end_to_end(demo_fast_run):
     text = "\n".join(lines)
     for i in range(1, 8):
         assert re.search(rf"^\[{i}/7\] ", text, re.M), f"step {i} announced"
-    assert "[5/7] Training SAM3D (nnUNetTrainerSAM3D_budget" in text and "on fold 0" in text
-    assert "[6/7] Training the nnU-Net baseline (nnUNetTrainer_budget" in text
+    assert "[5/7] Training SAM3D (nnUNetTrainerSAM3D_budget_noDA" in text and "on fold 0" in text
+    assert "[6/7] Training the nnU-Net baseline (nnUNetTrainer_budget_noDA" in text
     assert "not available offline" in text and "RANDOM weights" in text
     assert report == root / "nnUNet_results" / "Dataset990_SAM3DDemo" / "benchmark" / "report.md"
     assert report.is_file() and f"Report: {report}" in text
     assert "| method | clicks per class |" in text, "the main table is printed"
     res = root / "nnUNet_results" / "Dataset990_SAM3DDemo"
-    for trainer, plans in (("nnUNetTrainerSAM3D_budget", "SAM3DPlans"), ("nnUNetTrainer_budget", "nnUNetPlans")):
+    for trainer, plans in (("nnUNetTrainerSAM3D_budget_noDA", "SAM3DPlans"), ("nnUNetTrainer_budget_noDA", "nnUNetPlans")):
         fold = res / f"{trainer}__{plans}__3d_fullres" / "fold_0"
         assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
         assert not (fold / "validation" / "prompts.json").exists(), "validation/ holds automatic predictions"
@@ -132,7 +149,7 @@ def test_demo_runs_end_to_end(demo_fast_run):
     assert plans["sam3d"]["sam_checkpoint"] == str(root / "sam_tiny_random_weights.pth")
     results = json.loads((report.parent / "results.json").read_text())
     assert results["device"] == "cpu" and results["folds"] == [0]
-    assert (root / "logs" / "5_train_nnUNetTrainerSAM3D_budget.log").is_file()
+    assert (root / "logs" / "5_train_nnUNetTrainerSAM3D_budget_noDA.log").is_file()
 
 
 @pytest.mark.slow
@@ -147,7 +164,7 @@ def test_demo_rerun_skips_finished_steps(demo_fast_run):
     assert text.count("already trained and validated") == 2
     assert "nnUNetv2_train" not in text and "plan_and_preprocess -d" not in text
     results = json.loads((report.parent / "results.json").read_text())
-    sam = results["methods"]["nnUNetTrainerSAM3D_budget__SAM3DPlans__3d_fullres"]["per_case"]
+    sam = results["methods"]["nnUNetTrainerSAM3D_budget_noDA__SAM3DPlans__3d_fullres"]["per_case"]
     assert all(e["reused"] for v in sam.values() for e in v["protocols"].values())
 
 

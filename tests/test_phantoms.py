@@ -83,20 +83,27 @@ def test_make_case_is_pure():
         generate_phantom_dataset("/tmp/never-written", 0, "X", 1, (8, 8, 8), 0)
 
 
-def test_lesion_pair_phantoms_leave_which_lesion_to_the_prompt(tmp_path):
-    """Two organs, a bright and a dark lesion apart from each other; the tumour is either, drawn per case."""
-    from sam3d_nnunet.phantoms import make_lesion_pair_case
-    tumour_bright = []
+def test_lookalike_lesion_phantoms_leave_which_lesion_to_the_prompt(tmp_path):
+    """Two organs, each with a lesion, the two lesions apart and alike (both bright or both dark); the tumour is
+    either, drawn per case."""
+    from scipy.ndimage import label as connected_components
+
+    from sam3d_nnunet.phantoms import make_lookalike_lesions_case
+    bright = []
     for i in range(12):
-        image, label, decoy = make_lesion_pair_case((32, 32, 32), (1.0, 1.0, 1.0), np.random.default_rng([0, i]),
-                                                    return_decoy=True)
+        image, label, decoy = make_lookalike_lesions_case((32, 32, 32), (1.0, 1.0, 1.0), np.random.default_rng([0, i]),
+                                                          return_decoy=True)
         tumour = label == 2
         assert 100 <= tumour.sum() <= 600 and 100 <= decoy.sum() <= 600, "tens to hundreds of voxels each"
-        assert not (tumour & decoy).any() and (label[decoy] == 1).all(), "the other lesion is organ, apart"
+        assert not (tumour & decoy).any() and (label[decoy] == 1).all(), "the other lesion is organ"
+        assert connected_components(tumour | decoy)[1] == 2, "two lesions, apart from each other"
         t, d, organ = image[tumour].mean(), image[decoy].mean(), image[(label == 1) & ~decoy].mean()
-        assert abs(t - d) > 80 and min(t, d) < organ - 25 < organ + 25 < max(t, d), "one bright, one dark"
-        tumour_bright.append(bool(t > d))
-    assert 0 < sum(tumour_bright) < len(tumour_bright), "which lesion is the tumour varies between cases"
-    folder = generate_phantom_dataset(tmp_path, 953, "Pair", n_cases=2, shape=(32, 32, 32), lesion_pair=True)
+        assert abs(t - d) < 15 and abs(t - organ) > 30, "the lesions look alike and unlike the organ"
+        bright.append(bool(t > organ))
+    assert 0 < sum(bright) < len(bright), "bright lesions in some cases, dark ones in others"
+    image, label, decoy = make_lookalike_lesions_case((32, 32, 32), (1.0, 1.0, 1.0), np.random.default_rng([0, 0]),
+                                                      return_decoy=True, alike=False)
+    assert abs(image[label == 2].mean() - image[decoy].mean()) > 80, "alike=False: one bright and one dark lesion"
+    folder = generate_phantom_dataset(tmp_path, 953, "Lookalike", n_cases=2, shape=(32, 32, 32), lookalike_lesions=True)
     dj = json.loads((folder / "dataset.json").read_text())
-    assert dj["phantom_lesion_pair"] is True and "drawn at random as tumour" in dj["description"]
+    assert dj["phantom_lookalike_lesions"] is True and "drawn at random as tumour" in dj["description"]

@@ -22,6 +22,12 @@ class                               variables (default)                         
                                     ``SAM3D_BUDGET_SAM_LR`` (the trainer's 4e-4),
                                     ``SAM3D_BUDGET_SAM_MAX_CLICKS`` (the
                                     trainer's 10 positive, 10 negative)
+``nnUNetTrainer_budget_noDA``,      as above                                         the same trainers without
+``nnUNetTrainerSAM3D_budget_noDA``                                                   data augmentation
+                                                                                     (nnU-Net's
+                                                                                     ``nnUNetTrainerNoDA``) nor
+                                                                                     test-time mirroring: the
+                                                                                     demo's pair
 ``nnUNetTrainerSAM3D_allprompts_``  same                                             SAM3D adapters trained with
 ``budget``                                                                           every prompt type
                                                                                      (``nnUNetTrainerSAM3D_``
@@ -39,6 +45,7 @@ from pathlib import Path
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from sam3d_nnunet.trainers.nnUNetTrainerSAM3D import nnUNetTrainerSAM3D, nnUNetTrainerSAM3D_allprompts
 
@@ -124,6 +131,25 @@ class nnUNetTrainerSAM3D_budget(nnUNetTrainerSAM3D):
         _apply_sam_budget(self)
 
 
+class _NoDataAugmentation(_NoTestTimeMirroring):
+    """nnU-Net's ``nnUNetTrainerNoDA`` as a mixin: training batches get the validation transforms (no spatial,
+    intensity or mirroring augmentation), the patch is sampled at its final size, and inference does not mirror."""
+
+    get_training_transforms = staticmethod(nnUNetTrainerNoDA.get_training_transforms)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, _, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        return rotation, dummy_2d, self.configuration_manager.patch_size, None
+
+
+class nnUNetTrainer_budget_noDA(_NoDataAugmentation, nnUNetTrainer_budget):
+    """As ``nnUNetTrainer_budget``, without data augmentation (``nnUNetTrainerNoDA``); the demo's baseline."""
+
+
+class nnUNetTrainerSAM3D_budget_noDA(_NoDataAugmentation, nnUNetTrainerSAM3D_budget):
+    """As ``nnUNetTrainerSAM3D_budget``, without data augmentation (``nnUNetTrainerNoDA``); the demo's SAM3D."""
+
+
 class nnUNetTrainerSAM3D_allprompts_budget(nnUNetTrainerSAM3D_allprompts):
     """``nnUNetTrainerSAM3D_allprompts`` (clicks, boxes, scribbles, lassos, previous masks) with the SAM3D short
     budget (``SAM3D_BUDGET_SAM_*``, see the module docstring)."""
@@ -139,6 +165,6 @@ class nnUNetTrainerSAM3D_allprompts_budget_noTTA(_NoTestTimeMirroring, nnUNetTra
     test-time mirroring; the prompted validation never mirrors."""
 
 
-__all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainerSAM3D_budget",
-           "nnUNetTrainerSAM3D_allprompts_budget", "nnUNetTrainerSAM3D_allprompts_budget_noTTA",
-           "write_ext_trainer_shim"]
+__all__ = ["nnUNetTrainer_budget", "nnUNetTrainer_budget_noTTA", "nnUNetTrainer_budget_noDA",
+           "nnUNetTrainerSAM3D_budget", "nnUNetTrainerSAM3D_budget_noDA", "nnUNetTrainerSAM3D_allprompts_budget",
+           "nnUNetTrainerSAM3D_allprompts_budget_noTTA", "write_ext_trainer_shim"]

@@ -3,9 +3,10 @@
 Steps (each says what it does; a rerun in the same ``--workdir`` skips or resumes finished steps):
 
 1. generate deterministic synthetic CT-like phantoms with ``sam3d_nnunet.phantoms`` as an nnU-Net raw dataset
-   (``Dataset990_SAM3DDemo``): two organs (label 1) side by side, one holding a bright and one a dark lesion;
-   one of the two lesions, drawn at random per case, is the tumour (label 2). No automatic model can know which lesion is
-   meant; one click on it says so, which is what a promptable model is for;
+   (``Dataset990_SAM3DDemo``): two organs (label 1) side by side, each holding a lesion, the two lesions alike (both
+   bright or both dark); one of them, drawn at random per case, is the tumour (label 2), as a target lesion next to
+   a look-alike one. No automatic model can know which lesion is meant; one click on it says so, which is what a
+   promptable model is for;
 2. write a SAM-format checkpoint of the small ``tiny`` encoder with RANDOM weights
    (``sam3d_nnunet.model.write_random_sam_checkpoint``): the real SAM weights cannot be downloaded offline, so
    the demo shows the pipeline working, not what pretrained SAM features bring;
@@ -13,12 +14,15 @@ Steps (each says what it does; a rerun in the same ``--workdir`` skips or resume
    --sam-variant tiny``);
 4. plans and preprocessing for nnU-Net's baseline with nnU-Net's default planner on the same fingerprint
    (``nnUNetv2_plan_and_preprocess -c 3d_fullres``);
-5. train SAM3D on fold 0 (``nnUNetv2_train ... -tr nnUNetTrainerSAM3D_budget -p SAM3DPlans``); its final
+5. train SAM3D on fold 0 (``nnUNetv2_train ... -tr nnUNetTrainerSAM3D_budget_noDA -p SAM3DPlans``); its final
    validation writes the automatic predictions to ``fold_0/validation`` and the 1-click ones to
    ``fold_0/validation_clicks1_seed0`` (a fold validated by an older version is validated again);
-6. train nnU-Net's baseline on the same fold 0 (``nnUNetv2_train ... -tr nnUNetTrainer_budget -p nnUNetPlans``);
-   both trainers are short-budget variants (``sam3d_nnunet.benchmark.budget_trainers``), equal numbers of
-   iterations at nnU-Net's batch sizes;
+6. train nnU-Net's baseline on the same fold 0 (``nnUNetv2_train ... -tr nnUNetTrainer_budget_noDA -p nnUNetPlans``);
+   both trainers are short-budget variants (``sam3d_nnunet.benchmark.budget_trainers``) at nnU-Net's batch sizes,
+   both without data augmentation (nnU-Net's ``nnUNetTrainerNoDA``: on these homogeneous phantoms and a budget of
+   minutes it only slowed learning down, BENCHMARKS.md, "Demo on synthetic phantoms"). SAM3D gets 1000 iterations,
+   nnU-Net 600: a SAM3D iteration costs about a third of nnU-Net's on a CPU, so SAM3D still trains for less
+   wall time;
 7. the benchmark (``sam3d-nnunet benchmark``): random clicks, iterative correction, automatic mode vs nnU-Net,
    ``report.md`` with plots.
 
@@ -45,8 +49,8 @@ from sam3d_nnunet.atomic import atomic_path, save_json_atomic
 PROG = "sam3d-nnunet demo"
 DATASET_ID = 990
 DATASET_NAME = "SAM3DDemo"
-SAM_TRAINER = "nnUNetTrainerSAM3D_budget"
-BASELINE_TRAINER = "nnUNetTrainer_budget"
+SAM_TRAINER = "nnUNetTrainerSAM3D_budget_noDA"
+BASELINE_TRAINER = "nnUNetTrainer_budget_noDA"
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class DemoBudget:
     shape: tuple = (32, 32, 32)
     spacing: tuple = (1.0, 1.0, 1.0)
     phantom_seed: int = 0
-    sam_epochs: int = 12
+    sam_epochs: int = 20  # 1000 iterations in about 4 minutes, less than nnU-Net's 600 take
     sam_iterations: int = 50
     sam_lr: float = 3e-3
     sam_max_clicks: int = 3  # training clicks of each polarity (the trainer's default is 10)
@@ -66,7 +70,7 @@ class DemoBudget:
     clicks: tuple = (1, 3, 10)
     iterative: int = 5
     baseline_timing_cases: int = 2
-    lesion_pair: bool = True  # phantoms where a click decides which lesion is the tumour
+    lookalike_lesions: bool = True  # phantoms where a click decides which lesion is the tumour
 
 
 FULL = DemoBudget()
@@ -206,8 +210,8 @@ class _Demo:
     # -------------------------------------------------------------- steps
     def generate(self) -> None:
         b = self.budget
-        t0 = self.step(1, f"Generating {b.n_cases} synthetic CT phantoms (two organs, one with a bright and one with a dark "
-                          f"lesion, one lesion the tumour: a click says which; "
+        t0 = self.step(1, f"Generating {b.n_cases} synthetic CT phantoms (two organs with a lesion each, the lesions "
+                          f"alike, one of them the tumour: a click says which; "
                           f"{'x'.join(map(str, b.shape))} voxels, seed {b.phantom_seed}) as nnU-Net raw dataset "
                           f"{self.name} ...")
         folder = self.raw / self.name
@@ -222,7 +226,7 @@ class _Demo:
                 return
         from sam3d_nnunet.phantoms import generate_phantom_dataset
         generate_phantom_dataset(self.raw, DATASET_ID, DATASET_NAME, n_cases=b.n_cases, shape=b.shape,
-                                 seed=b.phantom_seed, spacing=b.spacing, lesion_pair=b.lesion_pair)
+                                 seed=b.phantom_seed, spacing=b.spacing, lookalike_lesions=b.lookalike_lesions)
         self.done(t0, f"wrote {folder}")
 
     def sam_checkpoint(self) -> None:
