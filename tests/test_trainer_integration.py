@@ -4,15 +4,14 @@ Fast tests: trainer discovery through ``nnUNet_extTrainer``, the variants, the p
 stand-in network, click mapping into preprocessed space. Slow tests (marked ``slow``; they run nnU-Net's
 commands as subprocesses on temporary folders): plan + preprocess + ``nnUNetv2_train`` + automatic and prompted
 cross-validation + ``nnUNetv2_find_best_configuration`` on synthetic phantoms, frozen tensors equal to the SAM
-source, kill and resume with ``--c``. Real hippocampus cases go through the same checks in ``test_datasets``.
+source. Real hippocampus cases go through the same checks in ``test_datasets``; killing a training and resuming it
+with ``--c`` is ``test_reliability_faults``'s.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -395,45 +394,6 @@ a, b = full._net().state_dict(), again._net().state_dict()
 assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 print('slim checkpoint OK', len(omitted))
 """
-
-
-@pytest.mark.slow
-def test_killed_training_resumes_with_c(phantom_pipeline):
-    pipe = phantom_pipeline
-    trainer = "nnUNetTrainerSAM3D_5epochs"
-    fold = pipe.results(trainer) / "fold_0"
-    cmd = [_exe("nnUNetv2_train"), str(pipe.id), "3d_fullres", "0", "-tr", trainer, "-p", "SAM3DPlans",
-           "-device", "cpu"]
-    log = open(pipe.root / "kill_run.log", "w")
-    proc = subprocess.Popen(cmd, env=pipe.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while not (fold / "checkpoint_latest.pth").exists():
-            assert proc.poll() is None, "training ended before the first checkpoint_latest.pth"
-            assert time.time() < deadline, "no checkpoint_latest.pth in time"
-            time.sleep(0.2)
-        time.sleep(1.0)  # kill somewhere in the next epoch
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the run we started, with its data-loader workers
-        proc.wait()
-        log.close()
-    assert not (fold / "checkpoint_final.pth").exists(), "killed too late: the run had already finished"
-    # written by this test's own training run
-    resumed_from = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
-    assert 1 <= resumed_from < 5
-    logs_before = set(fold.glob("training_log_*.txt"))
-    time.sleep(1.1)  # nnU-Net names log files by the second
-    pipe.train(trainer, "--c")
-    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 5
-    assert len(final["logging"]["epoch_end_timestamps"]) == 5
-    new_log = (set(fold.glob("training_log_*.txt")) - logs_before).pop().read_text()
-    epochs_run = [int(e) for e in re.findall(r": Epoch (\d+)\s*$", new_log, re.M)]
-    assert epochs_run == list(range(resumed_from, 5)), "resumed where the checkpoint left off, not restarted"
-    assert not (fold / "checkpoint_latest.pth").exists()
-    assert not list(fold.glob(".*tmp*"))
-    assert (fold / "validation" / "summary.json").is_file()
 
 
 @pytest.mark.slow
