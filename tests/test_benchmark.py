@@ -288,7 +288,8 @@ def test_benchmark_outputs_on_phantoms(demo_workdir):
     report = (out / "report.md").read_text()
     assert "## Dice / NSD@5mm (%), the paper's format" in report
     assert "| method | clicks per class | organ (1) | tumour (2) | mean | tuned params | s / case |" in report
-    for row in ("| nnU-Net (nnUNetTrainer_budget_noDA) |", "| SAM3D (nnUNetTrainerSAM3D_budget_noDA) | 0 (automatic) |",
+    for row in ("| nnU-Net (nnUNetTrainer_budget_noDA) |",
+                "| SAM3D (nnUNetTrainerSAM3D_budget_noDA) | 0 (automatic) |",
                 "|  | 1 random |", "|  | 3 random |", "|  | 3 iterative (final) |"):
         assert row in report, row
     assert "## Iterative correction" in report and "AUC" in report
@@ -452,7 +453,8 @@ def test_benchmark_refuses_mismatched_folds(demo_workdir, tmp_path):
     val = fake / "fold_0" / "validation"
     first = sorted(val.glob("*.nii.gz"))[0]
     first.rename(val / "sam3ddemo_999.nii.gz")  # validated on a case that is not in the split
-    cmd = [_exe("sam3d-nnunet"), "benchmark", "-d", "990", "-f", "0", "--sam", "nnUNetTrainerSAM3D_budget_noDA:SAM3DPlans",
+    cmd = [_exe("sam3d-nnunet"), "benchmark", "-d", "990", "-f", "0",
+           "--sam", "nnUNetTrainerSAM3D_budget_noDA:SAM3DPlans",
            "--baseline", "nnUNetTrainer_otherSplit:nnUNetPlans", "--clicks", "1", "--iterative", "0", "-o",
            str(tmp_path / "refused"), "--no-progress"]
     p = subprocess.run(cmd, env=_env(demo_workdir), capture_output=True, text=True, timeout=300)

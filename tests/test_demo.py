@@ -139,7 +139,8 @@ def test_demo_runs_end_to_end(demo_fast_run):
     assert report.is_file() and f"Report: {report}" in text
     assert "| method | clicks per class |" in text, "the main table is printed"
     res = root / "nnUNet_results" / "Dataset990_SAM3DDemo"
-    for trainer, plans in (("nnUNetTrainerSAM3D_budget_noDA", "SAM3DPlans"), ("nnUNetTrainer_budget_noDA", "nnUNetPlans")):
+    for trainer, plans in (("nnUNetTrainerSAM3D_budget_noDA", "SAM3DPlans"),
+                           ("nnUNetTrainer_budget_noDA", "nnUNetPlans")):
         fold = res / f"{trainer}__{plans}__3d_fullres" / "fold_0"
         assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
         assert not (fold / "validation" / "prompts.json").exists(), "validation/ holds automatic predictions"
